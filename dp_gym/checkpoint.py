@@ -1,0 +1,98 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else. Never pickle.
+
+A policy checkpoint is a directory with ``model.safetensors`` (weights, including normaliser
+buffers; the JSON description is also embedded in the safetensors header so one file is
+self-describing) and ``config.json`` (the same description, for people). Every file is written to a
+temporary name in the same directory and then ``os.replace``d, so a kill never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+FORMAT_VERSION = 1
+META_KEY = "dp_gym"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta or {})})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(META_KEY, "{}")
+    return load_file(str(path), device=str(device)), json.loads(raw)
+
+
+def save_policy(policy: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | None = None, state_dict: dict | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` for ``policy`` into ``directory``."""
+    directory = Path(directory)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "policy_type": policy.policy_type,
+        "policy_config": policy.config.to_dict(),
+        **(extra or {}),
+    }
+    sd = state_dict if state_dict is not None else policy.state_dict()
+    atomic_save_tensors(directory / "model.safetensors", sd, meta)
+    atomic_write_json(directory / "config.json", meta)
+    return directory
+
+
+def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a policy from a checkpoint directory (or its model.safetensors)."""
+    from dp_gym.policies import make_policy
+
+    directory = Path(directory)
+    file = directory if directory.suffix == ".safetensors" else directory / "model.safetensors"
+    tensors, meta = load_tensors(file, device)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{file}: unsupported checkpoint format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
+    policy = make_policy(meta["policy_type"], meta["policy_config"]).to(device)
+    policy.load_state_dict(tensors, strict=True)
+    policy.eval()
+    return policy, meta

@@ -1,0 +1,101 @@
+"""Episode storage: a dict of per-frame arrays plus ``episode_ends``, and the reader for the
+Diffusion Policy zarr replay layout (``data/<key>``, ``meta/episode_ends``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class EpisodeData:
+    """Concatenated episodes. ``arrays[k]`` has the frames on axis 0; ``episode_ends[i]`` is the
+    exclusive end frame of episode ``i`` (strictly increasing, last one == number of frames)."""
+
+    arrays: dict[str, np.ndarray]
+    episode_ends: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ends = np.asarray(self.episode_ends, dtype=np.int64)
+        if ends.ndim != 1 or len(ends) == 0:
+            raise ValueError(f"episode_ends must be a non-empty 1-D array, got shape {ends.shape}")
+        if np.any(np.diff(np.concatenate([[0], ends])) <= 0):
+            raise ValueError("episode_ends must be strictly increasing and positive (no empty episodes)")
+        n = int(ends[-1])
+        for key, arr in self.arrays.items():
+            if len(arr) != n:
+                raise ValueError(f"array {key!r} has {len(arr)} frames but episode_ends[-1] = {n}")
+        self.episode_ends = ends
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.episode_ends[-1])
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.episode_ends)
+
+    @property
+    def episode_starts(self) -> np.ndarray:
+        return np.concatenate([[0], self.episode_ends[:-1]])
+
+    def episode_lengths(self) -> np.ndarray:
+        return np.diff(np.concatenate([[0], self.episode_ends]))
+
+
+def read_zarr_replay(path: str | Path, keys: list[str] | None = None) -> EpisodeData:
+    """Read a Diffusion Policy replay buffer (``data/<key>``, ``meta/episode_ends``) fully into memory.
+
+    zarr silently returns the fill value (zeros) for chunks whose files are missing, which would
+    corrupt training without any error. We therefore check that every chunk of every array we read
+    is present in the store before reading it, and refuse otherwise.
+    """
+    import zarr  # optional dependency ([pusht] extra)
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"zarr replay buffer not found: {path}")
+    root = zarr.open(str(path), mode="r")
+    for group in ("data", "meta"):
+        if group not in root:
+            raise KeyError(f"{path} is not a replay buffer: missing group {group!r} (expected data/<key> and meta/episode_ends)")
+    if "episode_ends" not in root["meta"]:
+        raise KeyError(f"{path}: missing meta/episode_ends")
+    available = sorted(root["data"].array_keys())
+    keys = available if keys is None else list(keys)
+    missing = [k for k in keys if k not in available]
+    if missing:
+        raise KeyError(f"{path}: missing data keys {missing}; available: {available}")
+
+    def load(arr, name: str) -> np.ndarray:
+        _check_all_chunks_present(arr, f"{path}/{name}")
+        return arr[:]
+
+    ends = load(root["meta"]["episode_ends"], "meta/episode_ends").astype(np.int64)
+    arrays = {k: load(root["data"][k], f"data/{k}") for k in keys}
+    return EpisodeData(arrays=arrays, episode_ends=ends, meta={"source": str(path)})
+
+
+def _check_all_chunks_present(arr, name: str) -> None:
+    store = arr.store
+    prefix = arr.path + "/" if arr.path else ""
+    sep = getattr(arr, "_dimension_separator", None) or "."
+    grid = [math.ceil(s / c) if s else 0 for s, c in zip(arr.shape, arr.chunks)]
+    if arr.shape == ():
+        grid = []
+    missing = []
+    for idx in np.ndindex(*grid) if grid else [()]:
+        key = prefix + (sep.join(str(i) for i in idx) if idx else "0")
+        if key not in store:
+            missing.append(key)
+            if len(missing) >= 5:
+                break
+    if missing:
+        raise IOError(
+            f"{name}: chunk files missing from the zarr store (e.g. {missing}); zarr would silently "
+            "fill them with zeros, so the dataset is refused. Re-download or re-copy it."
+        )

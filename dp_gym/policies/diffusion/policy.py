@@ -1,0 +1,123 @@
+"""Diffusion policy: network (denoiser) + loss (ε-MSE) + sampler (DDPM / DDIM)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dp_gym.data.normalizer import MinMaxNormalizer
+from dp_gym.policies.diffusion.config import DiffusionConfig
+from dp_gym.policies.diffusion.scheduler import NoiseScheduler
+from dp_gym.policies.diffusion.unet import ConditionalUnet1D
+
+
+def check_obs(obs: dict[str, torch.Tensor], obs_shapes: dict[str, list[int]], n_obs_steps: int) -> None:
+    """Raise a clear error unless ``obs`` holds every key with shape (B, To, *shape), finite floats."""
+    missing = [k for k in obs_shapes if k not in obs]
+    if missing:
+        raise KeyError(f"observation is missing keys {missing}; expected keys {list(obs_shapes)}, got {list(obs)}")
+    batch = None
+    for key, shape in obs_shapes.items():
+        x = obs[key]
+        expected = (n_obs_steps, *shape)
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"observation {key!r} must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if batch is None:
+            batch = x.shape[0]
+        elif x.shape[0] != batch:
+            raise ValueError(f"observation {key!r} has batch {x.shape[0]}, others have {batch}")
+        if not x.is_floating_point():
+            raise TypeError(f"observation {key!r} must be a float tensor, got {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"observation {key!r} contains NaN or inf")
+
+
+class DiffusionPolicy(nn.Module):
+    """Conditional DDPM over action sequences of length ``horizon``, conditioned on the last
+    ``n_obs_steps`` observations. ``predict_chunk`` returns the ``n_action_steps`` actions starting
+    at index To-1 (the current step) of the sampled sequence."""
+
+    policy_type = "diffusion"
+
+    def __init__(self, config: DiffusionConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in c.obs_shapes.items()})
+        self.action_normalizer = MinMaxNormalizer(c.action_dim)
+        if c.denoiser == "unet":
+            self.denoiser = ConditionalUnet1D(
+                action_dim=c.action_dim, cond_dim=c.obs_feature_dim, n_obs_steps=c.n_obs_steps,
+                down_dims=tuple(c.down_dims), kernel_size=c.kernel_size, n_groups=c.n_groups,
+                diffusion_step_embed_dim=c.diffusion_step_embed_dim,
+            )
+        else:
+            from dp_gym.policies.diffusion.transformer import TransformerDenoiser
+
+            self.denoiser = TransformerDenoiser(
+                action_dim=c.action_dim, horizon=c.horizon, cond_dim=c.obs_feature_dim, n_obs_steps=c.n_obs_steps,
+                n_layer=c.n_layer, n_head=c.n_head, n_emb=c.n_emb, p_drop_emb=c.p_drop_emb,
+                p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn, n_cond_layers=c.n_cond_layers,
+            )
+        self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample)
+
+    # --- normalisation --------------------------------------------------------------------
+    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
+        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
+        for key in self.config.obs_shapes:
+            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
+        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
+
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk)."""
+        feats = [self.obs_normalizers[k].normalize(obs[k].float()) for k in self.config.obs_shapes]
+        return torch.cat(feats, dim=-1)
+
+    # --- training -------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        cond = self.encode_obs({k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes})
+        x0 = self.action_normalizer.normalize(batch["action"])
+        B = x0.shape[0]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.config.num_train_timesteps, (B,), device=x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        return F.mse_loss(self.denoiser(x_t, t, cond), noise)
+
+    # --- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(
+        self,
+        obs: dict[str, torch.Tensor],
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        num_inference_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Sample a full (B, horizon, action_dim) action sequence in environment units."""
+        c = self.config
+        check_obs(obs, c.obs_shapes, c.n_obs_steps)
+        sampler = sampler or c.sampler
+        steps = num_inference_steps or c.num_inference_steps
+        cond = self.encode_obs(obs)  # once per call, not per denoising step
+        B = cond.shape[0]
+        shape = (B, c.horizon, c.action_dim)
+        dev = cond.device
+        x = torch.randn(shape, generator=generator, device=dev, dtype=cond.dtype)
+        ts = self.scheduler.timesteps(steps)
+        for i, t in enumerate(ts):
+            prev_t = ts[i + 1] if i + 1 < len(ts) else -1
+            eps = self.denoiser(x, torch.full((B,), t, device=dev, dtype=torch.long), cond)
+            if sampler == "ddim":
+                x = self.scheduler.ddim_step(eps, t, x, prev_t)
+            elif sampler == "ddpm":
+                noise = torch.randn(shape, generator=generator, device=dev, dtype=cond.dtype) if prev_t >= 0 else None
+                x = self.scheduler.ddpm_step(eps, t, x, noise, prev_t)
+            else:
+                raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        return self.action_normalizer.unnormalize(x)
+
+    def predict_chunk(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, **kw) -> torch.Tensor:
+        """(B, n_action_steps, action_dim): the actions to execute from the current step on."""
+        seq = self.sample_actions(obs, generator=generator, **kw)
+        start = self.config.n_obs_steps - 1
+        return seq[:, start : start + self.config.n_action_steps]

@@ -1,0 +1,90 @@
+"""DDPM / DDIM noise schedules for ε-prediction.
+
+Written here rather than taken from ``diffusers`` because the policy needs (a) every constant as a
+device tensor so the denoising loop runs without host syncs and can be graph-captured, (b) a
+stateless sampler object that several envs / threads can share (diffusers' schedulers mutate
+``self.timesteps`` in ``set_timesteps``), and (c) batched per-sample timesteps. The tests check
+these against the closed forms and against ``diffusers`` when it is installed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def betas_for_schedule(name: str, num_train_timesteps: int) -> torch.Tensor:
+    if name == "squaredcos_cap_v2":
+        # Nichol & Dhariwal 2021 cosine schedule, betas capped at 0.999.
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        T = num_train_timesteps
+        betas = [min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)]
+        return torch.tensor(betas, dtype=torch.float64)
+    if name == "linear":
+        return torch.linspace(1e-4, 2e-2, num_train_timesteps, dtype=torch.float64)
+    raise ValueError(f"unknown beta schedule {name!r}; expected 'squaredcos_cap_v2' or 'linear'")
+
+
+class NoiseScheduler(nn.Module):
+    """Forward noising q(x_t | x_0) and reverse DDPM / DDIM steps, all in tensors (buffers)."""
+
+    def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2", clip_sample: bool = True, clip_range: float = 1.0) -> None:
+        super().__init__()
+        self.num_train_timesteps = num_train_timesteps
+        self.clip_sample = clip_sample
+        self.clip_range = clip_range
+        betas = betas_for_schedule(beta_schedule, num_train_timesteps)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, 0)
+        # float64 for the derivation, stored as float32 (persistent=False: rebuilt from the config).
+        self.register_buffer("betas", betas.float(), persistent=False)
+        self.register_buffer("alphas", alphas.float(), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+
+    # --- training -------------------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε, with per-sample t of shape (B,)."""
+        ab = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    # --- sampling -------------------------------------------------------------------------
+    def timesteps(self, num_inference_steps: int) -> list[int]:
+        """Descending timesteps used at inference (evenly strided, 'leading' spacing)."""
+        if not 1 <= num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}")
+        ratio = self.num_train_timesteps // num_inference_steps
+        return [i * ratio for i in reversed(range(num_inference_steps))]
+
+    def _pred_x0(self, eps: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> torch.Tensor:
+        x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+        if self.clip_sample:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        return x0
+
+    def ddpm_step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, noise: torch.Tensor | None, prev_t: int | None = None) -> torch.Tensor:
+        """One ancestral step x_t → x_{prev_t} (prev_t = t-1 by default; strided when fewer
+        inference steps are used). ``noise`` is the Gaussian draw for this step (ignored at t=0)."""
+        prev_t = t - 1 if prev_t is None else prev_t
+        ab_t = self.alphas_cumprod[t]
+        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
+        beta_t = 1 - ab_t / ab_prev
+        x0 = self._pred_x0(eps, x_t, ab_t)
+        mean = (ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + ((1 - beta_t).sqrt() * (1 - ab_prev) / (1 - ab_t)) * x_t
+        if prev_t < 0 or noise is None:
+            return mean
+        var = ((1 - ab_prev) / (1 - ab_t) * beta_t).clamp_min(1e-20)  # "fixed_small" posterior variance
+        return mean + var.sqrt() * noise
+
+    def ddim_step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int) -> torch.Tensor:
+        """Deterministic DDIM step (η = 0) x_t → x_{prev_t}. ε is recomputed from the clipped x̂_0
+        so the update stays consistent with the clipping."""
+        ab_t = self.alphas_cumprod[t]
+        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
+        x0 = self._pred_x0(eps, x_t, ab_t)
+        if self.clip_sample:
+            eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps

@@ -1,0 +1,80 @@
+"""Tasks: an environment factory + a dataset reader + a metric, under one name.
+
+A dataset reader returns an :class:`EpisodeData` whose arrays hold the policy's observation keys
+(per-frame, matching the env's observation) and ``action``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from dp_gym.data.replay import EpisodeData, read_zarr_replay
+from dp_gym.paths import dataset_path
+
+PUSHT_ZARR = "pusht/pusht_cchi_v7_replay.zarr"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    env_id: str
+    env_kwargs: dict[str, Any]
+    load_dataset: Callable[[str | None], EpisodeData]
+    obs_keys: tuple[str, ...]
+    max_episode_steps: int
+    # Metric: which info key holds the per-step score that is maximised over the episode
+    # (Push-T: coverage reward), and whether success is read from info["is_success"].
+    score_name: str = "max_reward"
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def make_env(self, **overrides: Any) -> gym.Env:
+        import dp_gym  # noqa: F401  (registers the env ids)
+
+        return gym.make(self.env_id, **{**self.env_kwargs, **overrides})
+
+
+def _pusht_keypoints(data_dir: str | None) -> EpisodeData:
+    ep = read_zarr_replay(dataset_path(PUSHT_ZARR, data_dir), keys=["keypoint", "state", "action"])
+    kp = ep.arrays["keypoint"].reshape(len(ep.arrays["keypoint"]), -1)
+    obs = np.concatenate([kp, ep.arrays["state"][:, :2]], axis=-1).astype(np.float32)
+    return EpisodeData({"obs": obs, "action": ep.arrays["action"].astype(np.float32)}, ep.episode_ends, ep.meta)
+
+
+def _pusht_state(data_dir: str | None) -> EpisodeData:
+    ep = read_zarr_replay(dataset_path(PUSHT_ZARR, data_dir), keys=["state", "action"])
+    state = ep.arrays["state"].astype(np.float32).copy()
+    state[:, 4] = np.mod(state[:, 4], 2 * np.pi)
+    return EpisodeData({"obs": state, "action": ep.arrays["action"].astype(np.float32)}, ep.episode_ends, ep.meta)
+
+
+TASKS: dict[str, Task] = {
+    "pusht_keypoints": Task(
+        name="pusht_keypoints",
+        env_id="dp_gym/PushT-v0",
+        env_kwargs={"obs_type": "keypoints"},
+        load_dataset=_pusht_keypoints,
+        obs_keys=("obs",),
+        max_episode_steps=300,
+        description="Push-T from 9 block keypoints + agent position (paper: 'Push-T keypoints')",
+    ),
+    "pusht_state": Task(
+        name="pusht_state",
+        env_id="dp_gym/PushT-v0",
+        env_kwargs={"obs_type": "state"},
+        load_dataset=_pusht_state,
+        obs_keys=("obs",),
+        max_episode_steps=300,
+        description="Push-T from [agent_xy, block_xy, block_angle]",
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,272 @@
+"""Train a policy on a task's demonstrations.
+
+    python -m dp_gym.train --task pusht_keypoints --policy diffusion --model-size small \
+        --steps 50000 --batch-size 64 --out-dir runs/pusht_kp
+
+Checkpoints (``<out>/checkpoints/latest`` and ``<out>/checkpoints/step_<n>``) hold the EMA policy
+(used for evaluation) in ``model.safetensors`` + ``config.json``; ``<out>/trainer_state.safetensors``
+holds raw weights, optimiser state and RNG so ``--resume`` continues exactly where a killed run
+stopped. Metrics go to ``<out>/metrics.jsonl`` and ``<out>/metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, save_policy
+from dp_gym.data.sequence import SequenceDataset, split_episodes
+from dp_gym.ema import EMA
+from dp_gym.policies import make_policy
+from dp_gym.tasks import get_task
+
+
+@dataclass
+class TrainConfig:
+    task: str = "pusht_keypoints"
+    policy: str = "diffusion"
+    model_size: str = "small"  # small | medium | paper (see MODEL_SIZES)
+    denoiser: str = "unet"  # unet | transformer (diffusion only)
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    steps: int = 50_000
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    ema_power: float = 0.75
+    val_ratio: float = 0.02
+    seed: int = 42
+    device: str = "cpu"
+    out_dir: str = "runs/default"
+    data_dir: str | None = None
+    checkpoint_every: int = 2000
+    keep_every: int = 0  # also keep step_<n> snapshots every this many steps (0: only latest)
+    log_every: int = 100
+    val_every: int = 1000
+    eval_every: int = 0  # rollouts in the env every N steps (0: never)
+    eval_episodes: int = 10
+    num_threads: int = 0  # torch CPU threads (0: torch default)
+    resume: bool = False
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device} requested but CUDA is not available")
+
+
+def build_policy_config(cfg: TrainConfig, obs_shapes: dict[str, list[int]], action_dim: int) -> dict[str, Any]:
+    from dp_gym.policies.diffusion.config import MODEL_SIZES
+
+    if cfg.model_size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {cfg.model_size!r}; available: {sorted(MODEL_SIZES)}")
+    pc: dict[str, Any] = dict(obs_shapes=obs_shapes, action_dim=action_dim, horizon=cfg.horizon,
+                              n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps)
+    if cfg.policy == "diffusion":
+        pc.update(denoiser=cfg.denoiser, **MODEL_SIZES[cfg.model_size])
+    pc.update(cfg.policy_overrides)
+    return pc
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Flatten an optimiser state dict into tensors + JSON (for safetensors, no pickle)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, k = key.split(".", 2)
+            state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def train(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    task = get_task(cfg.task)
+
+    # --- data -----------------------------------------------------------------------------
+    episodes = task.load_dataset(cfg.data_dir)
+    train_mask = split_episodes(episodes.n_episodes, cfg.val_ratio, cfg.seed)
+    tensors = {k: torch.as_tensor(v).to(device) for k, v in episodes.arrays.items()}
+    obs_shapes = {k: list(episodes.arrays[k].shape[1:]) for k in task.obs_keys}
+    action_dim = episodes.arrays["action"].shape[-1]
+
+    # --- policy, optimiser, EMA -----------------------------------------------------------
+    policy = make_policy(cfg.policy, build_policy_config(cfg, obs_shapes, action_dim)).to(device)
+    pcfg = policy.config
+    ds_kw = dict(horizon=pcfg.horizon, n_obs_steps=pcfg.n_obs_steps, n_action_steps=pcfg.n_action_steps, obs_keys=list(task.obs_keys))
+    train_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=train_mask, **ds_kw)
+    val_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=~train_mask, **ds_kw) if (~train_mask).any() else None
+    train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
+    policy.fit_normalizers({k: v[torch.as_tensor(train_frames, device=device)] for k, v in tensors.items()})
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
+    ema = EMA(policy, power=cfg.ema_power)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_params = sum(p.numel() for p in policy.parameters())
+
+    step = 0
+    state_file = out / "trainer_state.safetensors"
+    if cfg.resume and state_file.exists():
+        st, meta = load_tensors(state_file, device)
+        policy.load_state_dict({k[6:]: v for k, v in st.items() if k.startswith("model.")})
+        ema.averaged.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("ema.")})
+        restore_optimizer(opt, st, meta["optimizer"])
+        sched.load_state_dict(meta["lr_scheduler"])
+        gen.set_state(st["rng.sampler"].cpu())
+        torch.set_rng_state(st["rng.torch"].cpu())
+        step = ema.step = meta["step"]
+        print(f"resumed from {state_file} at step {step}")
+    elif cfg.resume:
+        print(f"--resume given but {state_file} does not exist: starting from scratch")
+    atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
+
+    def checkpoint(step: int) -> None:
+        extra = {"task": cfg.task, "train_step": step, "train_config": dataclasses.asdict(cfg)}
+        save_policy(ema.averaged, out / "checkpoints" / "latest", extra)
+        if cfg.keep_every and step % cfg.keep_every == 0:
+            save_policy(ema.averaged, out / "checkpoints" / f"step_{step}", extra)
+        opt_t, opt_meta = optimizer_tensors(opt)
+        tensors_out = {**{f"model.{k}": v for k, v in policy.state_dict().items()},
+                       **{f"ema.{k}": v for k, v in ema.averaged.state_dict().items()},
+                       **opt_t, "rng.sampler": gen.get_state(), "rng.torch": torch.get_rng_state()}
+        atomic_save_tensors(state_file, tensors_out, {"step": step, "optimizer": opt_meta, "lr_scheduler": sched.state_dict()})
+
+    @torch.no_grad()
+    def validation_loss() -> float | None:
+        if val_set is None:
+            return None
+        policy.eval()
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(len(val_set), (min(1024, 4 * cfg.batch_size),), generator=g)
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(0)  # fixed diffusion noise / timesteps → comparable across checkpoints
+        loss = float(ema.averaged.compute_loss(val_set.get(ids.to(device))))
+        torch.set_rng_state(rng_state)
+        policy.train()
+        return loss
+
+    # --- loop -----------------------------------------------------------------------------
+    jsonl = open(out / "metrics.jsonl", "a")
+    csv_path = out / "metrics.csv"
+    new_csv = not csv_path.exists()
+    csv_file = open(csv_path, "a", newline="")
+    csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "loss", "val_loss", "lr", "samples_per_s", "eval_score", "eval_success", "wall_s"])
+    if new_csv:
+        csv_writer.writeheader()
+    print(f"task={cfg.task} policy={cfg.policy} params={n_params / 1e6:.2f}M train_windows={len(train_set)} "
+          f"val_windows={len(val_set) if val_set else 0} device={device}")
+    policy.train()
+    t_start = t_last = time.perf_counter()
+    losses: list[float] = []
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
+    while step < cfg.steps:
+        batch = train_set.sample(cfg.batch_size, gen)
+        loss = policy.compute_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update(policy)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        row: dict[str, Any] = {}
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            now = time.perf_counter()
+            sps = cfg.batch_size * len(losses) / max(now - t_last, 1e-9)
+            row = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "samples_per_s": sps, "wall_s": now - t_start}
+            t_last, losses = now, []
+            bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.0f}")
+        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+            row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
+            row["val_loss"] = validation_loss()
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            from dp_gym.benchmark import evaluate_policy_on_task
+
+            res = evaluate_policy_on_task(ema.averaged, task, seeds=list(range(100_000, 100_000 + cfg.eval_episodes)), n_envs=min(cfg.eval_episodes, 10), data_dir=cfg.data_dir)
+            row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
+            row["eval_score"], row["eval_success"] = res["mean_max_reward"], res["success_rate"]
+            tqdm.write(f"step {step}: eval score {res['mean_max_reward']:.3f} success {res['success_rate']:.2f}")
+        if row:
+            jsonl.write(json.dumps(row) + "\n")
+            jsonl.flush()
+            csv_writer.writerow({k: row.get(k) for k in csv_writer.fieldnames})
+            csv_file.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint(step)
+    bar.close()
+    jsonl.close()
+    csv_file.close()
+    print(f"done: {step} steps; checkpoint at {out / 'checkpoints' / 'latest'}")
+    return out / "checkpoints" / "latest"
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "policy_overrides":
+            p.add_argument("--policy-overrides", type=json.loads, default={}, help="JSON dict of policy config overrides, e.g. '{\"num_inference_steps\": 16}'")
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", default=default)
+        else:
+            typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
+            p.add_argument(flag, type=typ, default=default)
+    a = p.parse_args(argv)
+    return TrainConfig(**vars(a))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(argv)
+    if cfg.data_dir is None and os.environ.get("DP_GYM_DATA_DIR"):
+        cfg.data_dir = os.environ["DP_GYM_DATA_DIR"]
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
