@@ -85,35 +85,52 @@ class DiffusionPolicy(nn.Module):
         return F.mse_loss(self.denoiser(x_t, t, cond), noise)
 
     # --- sampling -------------------------------------------------------------------------
+    def noise_shape(self, num_inference_steps: int | None = None, sampler: str | None = None) -> tuple[int, int, int]:
+        """Per-sample noise a call consumes: (draws, horizon, action_dim). DDIM needs only the
+        initial draw; DDPM one more per step except the last."""
+        c = self.config
+        steps = num_inference_steps or c.num_inference_steps
+        draws = 1 if (sampler or c.sampler) == "ddim" else steps
+        return (draws, c.horizon, c.action_dim)
+
     @torch.no_grad()
     def sample_actions(
         self,
         obs: dict[str, torch.Tensor],
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
         sampler: str | None = None,
         num_inference_steps: int | None = None,
     ) -> torch.Tensor:
-        """Sample a full (B, horizon, action_dim) action sequence in environment units."""
+        """Sample a full (B, horizon, action_dim) action sequence in environment units.
+
+        The Gaussian draws come from ``noise`` (B, *noise_shape()) when given (so callers can make
+        each sample's randomness independent of the batch it is in), else from ``generator``.
+        """
         c = self.config
         check_obs(obs, c.obs_shapes, c.n_obs_steps)
         sampler = sampler or c.sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         steps = num_inference_steps or c.num_inference_steps
         cond = self.encode_obs(obs)  # once per call, not per denoising step
-        B = cond.shape[0]
-        shape = (B, c.horizon, c.action_dim)
-        dev = cond.device
-        x = torch.randn(shape, generator=generator, device=dev, dtype=cond.dtype)
+        B, dev = cond.shape[0], cond.device
+        draws_shape = (B, *self.noise_shape(steps, sampler))
+        if noise is None:
+            noise = torch.randn(draws_shape, generator=generator, device=dev, dtype=cond.dtype)
+        elif tuple(noise.shape) != draws_shape:
+            raise ValueError(f"noise must have shape {draws_shape}, got {tuple(noise.shape)}")
+        noise = noise.to(device=dev, dtype=cond.dtype)
+        x = noise[:, 0]
         ts = self.scheduler.timesteps(steps)
+        t_batch = torch.empty(B, device=dev, dtype=torch.long)
         for i, t in enumerate(ts):
             prev_t = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = self.denoiser(x, torch.full((B,), t, device=dev, dtype=torch.long), cond)
+            eps = self.denoiser(x, t_batch.fill_(t), cond)
             if sampler == "ddim":
                 x = self.scheduler.ddim_step(eps, t, x, prev_t)
-            elif sampler == "ddpm":
-                noise = torch.randn(shape, generator=generator, device=dev, dtype=cond.dtype) if prev_t >= 0 else None
-                x = self.scheduler.ddpm_step(eps, t, x, noise, prev_t)
             else:
-                raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+                x = self.scheduler.ddpm_step(eps, t, x, noise[:, i + 1] if prev_t >= 0 else None, prev_t)
         return self.action_normalizer.unnormalize(x)
 
     def predict_chunk(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, **kw) -> torch.Tensor:

@@ -1,0 +1,196 @@
+"""``DiffusionAgent``: a Stable-Baselines3-style ``predict`` around any dp_gym policy.
+
+The agent turns environment observations into actions with receding-horizon execution: for each
+env it keeps the last ``n_obs_steps`` observations and a queue of planned actions, samples a new
+chunk of ``n_action_steps`` actions only when that env's queue is empty, and clears an env's history
+and queue when ``episode_start`` says a new episode began there.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dp_gym.checkpoint import load_policy, save_policy
+
+ObsType = Any  # np.ndarray | dict[str, np.ndarray]
+
+
+class DiffusionAgent:
+    """SB3-compatible agent for diffusion policies (and every other dp_gym policy: BC, IBC).
+
+    Args:
+        policy: a dp_gym policy (``predict_chunk(obs_dict, noise=...)`` and ``config``).
+        device: torch device to run the policy on.
+        env_history: ``True`` when observations already carry the To-step history (the env is
+            wrapped in :class:`~dp_gym.wrappers.ObservationHistory`); the agent then does not keep
+            its own. ``False`` (default): the agent stacks history itself.
+        return_chunks: ``True`` to return the whole (Ta, A) chunk at every call, re-planning each
+            time (for envs wrapped in :class:`~dp_gym.wrappers.ActionChunking`); ``False``
+            (default): one action per call, re-planning when the queue runs out.
+        seed: seeds the sampling noise of non-deterministic calls.
+
+    Example (plain env, one action per call)::
+
+        agent = DiffusionAgent.load("runs/pusht_kp/checkpoints/latest")
+        env = gymnasium.make("dp_gym/PushT-v0", obs_type="keypoints")
+        obs, _ = env.reset(seed=100000)
+        action, _ = agent.predict(obs, episode_start=np.array([True]))
+
+    It also plugs into ``stable_baselines3.common.evaluation.evaluate_policy(agent, vec_env)``.
+    """
+
+    def __init__(self, policy: torch.nn.Module, device: str | torch.device | None = None, env_history: bool = False,
+                 return_chunks: bool = False, seed: int = 0) -> None:
+        self.device = torch.device(device) if device is not None else next(policy.parameters()).device
+        self.policy = policy.to(self.device).eval()
+        self.config = policy.config
+        self.obs_shapes = {k: tuple(v) for k, v in self.config.obs_shapes.items()}
+        self.n_obs_steps = self.config.n_obs_steps
+        self.n_action_steps = self.config.n_action_steps
+        self.env_history = env_history
+        self.return_chunks = return_chunks
+        self.seed = seed
+        self.sample_kwargs: dict[str, Any] = {}  # e.g. {"sampler": "ddim", "num_inference_steps": 10}
+        self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._histories: list[deque] = []
+        self._queues: list[deque] = []
+        self._replans: list[int] = []
+        self.n_replans = 0  # total chunks sampled (for latency statistics)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into directory ``path``."""
+        return save_policy(self.policy, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "DiffusionAgent":
+        policy, _ = load_policy(path, device)
+        return cls(policy, device=device, **kwargs)
+
+    # --- observation handling -------------------------------------------------------------
+    def _as_dict(self, observation: ObsType) -> dict[str, np.ndarray]:
+        if isinstance(observation, dict):
+            missing = [k for k in self.obs_shapes if k not in observation]
+            if missing:
+                raise KeyError(f"observation dict is missing keys {missing}; the policy expects {list(self.obs_shapes)}")
+            return {k: np.asarray(observation[k]) for k in self.obs_shapes}
+        if len(self.obs_shapes) != 1:
+            raise TypeError(f"the policy expects a dict observation with keys {list(self.obs_shapes)}, got {type(observation).__name__}")
+        return {next(iter(self.obs_shapes)): np.asarray(observation)}
+
+    def _split(self, observation: ObsType) -> tuple[dict[str, np.ndarray], bool]:
+        """Return per-key arrays shaped (n_envs, [To,] *shape) and whether the input was batched."""
+        obs = self._as_dict(observation)
+        extra = 1 if self.env_history else 0
+        batched = None
+        for key, arr in obs.items():
+            base = self.obs_shapes[key]
+            hist = (self.n_obs_steps,) if self.env_history else ()
+            if arr.shape == hist + base:
+                b = False
+            elif arr.ndim == len(base) + extra + 1 and arr.shape[1:] == hist + base:
+                b = True
+            else:
+                raise ValueError(
+                    f"observation {key!r} has shape {arr.shape}; expected {hist + base} or (n_envs, {', '.join(map(str, hist + base))})"
+                    + (" (env_history=True: observations must carry the To-step history)" if self.env_history else "")
+                )
+            if batched is not None and b != batched:
+                raise ValueError("observation keys disagree on whether the observation is batched")
+            batched = b
+            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise TypeError(f"observation {key!r} has dtype {arr.dtype}; expected a numeric array")
+            if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+                raise ValueError(f"observation {key!r} contains NaN or inf")
+        if not batched:
+            obs = {k: v[None] for k, v in obs.items()}
+        return obs, bool(batched)
+
+    def reset(self, n_envs: int | None = None) -> None:
+        """Forget every env's history and queued actions."""
+        n = len(self._queues) if n_envs is None else n_envs
+        self._histories = [deque(maxlen=self.n_obs_steps) for _ in range(n)]
+        self._queues = [deque() for _ in range(n)]
+        self._replans = [0 for _ in range(n)]
+
+    # --- acting ---------------------------------------------------------------------------
+    def predict(
+        self,
+        observation: ObsType,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]:
+        """Return ``(actions, state)`` like SB3's ``BasePolicy.predict``.
+
+        ``observation``: one observation or a batch (leading n_envs axis); dict observations are
+        dicts of such arrays. ``episode_start[i]`` true clears env i's history and queue.
+        ``deterministic=True`` makes the sampling noise a fixed function of (seed, env index,
+        chunk index within the episode), so the same episode replays the same actions.
+        ``state`` is passed through unchanged (the queues live in the agent).
+        """
+        obs, batched = self._split(observation)
+        n_envs = next(iter(obs.values())).shape[0]
+        if len(self._queues) != n_envs:
+            self.reset(n_envs)
+        if episode_start is not None:
+            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
+            if starts.shape[0] != n_envs:
+                raise ValueError(f"episode_start has {starts.shape[0]} entries for {n_envs} envs")
+            for i in np.flatnonzero(starts):
+                self._histories[i].clear()
+                self._queues[i].clear()
+                self._replans[i] = 0
+        # Update histories (pad with the first observation after a reset).
+        if not self.env_history:
+            for i in range(n_envs):
+                frame = {k: v[i] for k, v in obs.items()}
+                if not self._histories[i]:
+                    self._histories[i].extend([frame] * self.n_obs_steps)
+                else:
+                    self._histories[i].append(frame)
+        need = [i for i in range(n_envs) if self.return_chunks or not self._queues[i]]
+        if need:
+            chunks = self._plan(obs, need, deterministic)
+            for j, i in enumerate(need):
+                self._queues[i] = deque(chunks[j])
+        if self.return_chunks:
+            actions = np.stack([np.stack(list(self._queues[i])) for i in range(n_envs)])
+            for q in self._queues:
+                q.clear()
+        else:
+            actions = np.stack([self._queues[i].popleft() for i in range(n_envs)])
+        return (actions if batched else actions[0]), state
+
+    def _plan(self, obs: dict[str, np.ndarray], env_ids: list[int], deterministic: bool) -> np.ndarray:
+        if self.env_history:
+            stacked = {k: v[env_ids] for k, v in obs.items()}
+        else:
+            stacked = {k: np.stack([np.stack([f[k] for f in self._histories[i]]) for i in env_ids]) for k in self.obs_shapes}
+        batch = {k: self._to_tensor(v) for k, v in stacked.items()}
+        shape = self.policy.noise_shape(**self.sample_kwargs) if hasattr(self.policy, "noise_shape") else None
+        kwargs = dict(self.sample_kwargs)
+        if shape is not None:
+            gens = []
+            for i in env_ids:
+                if deterministic:
+                    gens.append(torch.Generator().manual_seed(hash((self.seed, i, self._replans[i])) & 0x7FFF_FFFF))
+                else:
+                    gens.append(self._generator)
+            noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
+            kwargs["noise"] = noise.to(self.device)
+        for i in env_ids:
+            self._replans[i] += 1
+        self.n_replans += 1
+        with torch.inference_mode():
+            chunk = self.policy.predict_chunk(batch, **kwargs)
+        return chunk.float().cpu().numpy()
+
+    def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        return t.float() if not t.is_floating_point() or t.dtype != torch.float32 else t

@@ -1,0 +1,327 @@
+"""Evaluate policies on a task over seeded episodes and compare them.
+
+    python -m dp_gym.benchmark --task pusht_keypoints \
+        --policy dp=runs/pusht_kp/checkpoints/latest --seeds 100000:100050 --n-envs 10 \
+        --out-dir benchmarks/results/pusht_keypoints
+
+Per policy: episodes, seeds, mean max-reward (Push-T: the coverage score), success rate with a 95%
+Wilson interval, mean episode length, predict latency (median ms per chunk at batch 1, and per
+batched chunk during the rollouts). Writes ``results.json``, ``results.md``, ``scores.png`` and
+videos of the first episodes into ``--out-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dp_gym.agent import DiffusionAgent
+from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
+from dp_gym.tasks import Task, get_task
+
+
+@dataclass
+class BenchmarkConfig:
+    task: str = "pusht_keypoints"
+    policies: list[str] = field(default_factory=list)  # "name=checkpoint_dir" (or just the path)
+    seeds: str = "100000:100050"  # "start:stop" or comma-separated list
+    n_envs: int = 10
+    vector: str = "sync"  # sync | async
+    device: str = "cpu"
+    sampler: str | None = None  # override the checkpoint's sampler: ddpm | ddim
+    num_inference_steps: int | None = None
+    deterministic: bool = True
+    videos: int = 3  # record the first N episodes per policy
+    latency_repeats: int = 20
+    out_dir: str = "benchmarks/results/latest"
+    data_dir: str | None = None
+    num_threads: int = 0
+
+
+def parse_seeds(spec: str) -> list[int]:
+    if ":" in spec:
+        a, b = spec.split(":")
+        return list(range(int(a), int(b)))
+    return [int(s) for s in spec.split(",") if s.strip()]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (well-behaved at 0 and 1)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def make_vector_env(task: Task, n_envs: int, mode: str, render: bool) -> gym.vector.VectorEnv:
+    kw = {"render_mode": "rgb_array"} if render else {}
+    fns = [lambda: task.make_env(**kw) for _ in range(n_envs)]
+    vec_kw = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
+    if mode == "async":
+        return gym.vector.AsyncVectorEnv(fns, context="spawn", **vec_kw)
+    if mode == "sync":
+        return gym.vector.SyncVectorEnv(fns, **vec_kw)
+    raise ValueError(f"vector must be 'sync' or 'async', got {mode!r}")
+
+
+def _index(obs: Any, i: int) -> Any:
+    return {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
+
+
+def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
+            deterministic: bool = True, video_episodes: int = 0) -> dict[str, Any]:
+    """Run one episode per seed, ``n_envs`` at a time; an env that finishes starts the next seed."""
+    n_envs = max(1, min(n_envs, len(seeds)))
+    env = make_vector_env(task, n_envs, vector, render=video_episodes > 0)
+    pending = list(enumerate(seeds))
+    slot: list[tuple[int, int] | None] = [None] * n_envs  # (episode index, seed) per env
+    max_reward = np.zeros(len(seeds))
+    success = np.zeros(len(seeds), dtype=bool)
+    length = np.zeros(len(seeds), dtype=int)
+    frames: dict[int, list[np.ndarray]] = {}
+    chunk_times: list[float] = []
+
+    def start(mask: np.ndarray) -> Any:
+        seeds_now = [None] * n_envs
+        for i in np.flatnonzero(mask):
+            ep, seed = pending.pop(0)
+            slot[i] = (ep, seed)
+            seeds_now[i] = seed
+        if mask.all():
+            return env.reset(seed=seeds_now)
+        return env.reset(seed=seeds_now, options={"reset_mask": mask})
+
+    def grab_frames() -> None:
+        live = [i for i in range(n_envs) if slot[i] is not None and slot[i][0] < video_episodes]
+        if not live:
+            return
+        imgs = [env.envs[i].render() for i in live] if isinstance(env, gym.vector.SyncVectorEnv) else [env.call("render")[i] for i in live]
+        for i, img in zip(live, imgs):
+            frames.setdefault(slot[i][0], []).append(img)
+
+    obs, info = start(np.ones(n_envs, dtype=bool))
+    episode_start = np.ones(n_envs, dtype=bool)
+    active = np.ones(n_envs, dtype=bool)
+    action_dim = env.single_action_space.shape
+    grab_frames()
+    while active.any():
+        n_before = agent.n_replans
+        t0 = time.perf_counter()
+        actions, _ = agent.predict(obs, episode_start=episode_start, deterministic=deterministic)
+        if agent.n_replans != n_before:
+            chunk_times.append(time.perf_counter() - t0)
+        actions = np.where(active[:, None], actions, np.zeros(action_dim)).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(actions)
+        grab_frames()
+        episode_start[:] = False
+        done = (terminated | truncated) & active
+        for i in range(n_envs):
+            if not active[i]:
+                continue
+            ep = slot[i][0]
+            max_reward[ep] = max(max_reward[ep], float(reward[i]))
+            length[ep] += 1
+            if bool(info["is_success"][i]):
+                success[ep] = True
+        if done.any():
+            restart = done.copy()
+            for i in np.flatnonzero(done):
+                if not pending:
+                    restart[i] = False
+                    active[i] = False
+                    slot[i] = None
+            if restart.any():
+                new_obs, _ = start(restart)
+                obs = new_obs  # with reset_mask, non-reset envs keep their current observation
+                episode_start = restart
+    env.close()
+    return {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
+
+
+def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time (ms) of sampling one chunk for one env (batch 1), after warm-up."""
+    env = task.make_env()
+    obs, _ = env.reset(seed=0)
+    env.close()
+    times = []
+    for r in range(warmup + repeats):
+        t0 = time.perf_counter()
+        agent.predict(obs, episode_start=np.array([True]), deterministic=True)
+        if agent.device.type == "cuda":
+            torch.cuda.synchronize()
+        if r >= warmup:
+            times.append(time.perf_counter() - t0)
+    agent.reset()
+    return 1000 * float(np.median(times))
+
+
+def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
+                   deterministic: bool = True, video_episodes: int = 0, latency_repeats: int = 20) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    r = rollout(agent, task, seeds, n_envs, vector, deterministic, video_episodes)
+    wall = time.perf_counter() - t0
+    n, k = len(seeds), int(r["success"].sum())
+    lo, hi = wilson_interval(k, n)
+    res = {
+        "task": task.name,
+        "episodes": n,
+        "seeds": seeds,
+        "mean_max_reward": float(r["max_reward"].mean()),
+        "max_reward_std": float(r["max_reward"].std()),
+        "success_rate": k / n,
+        "success_ci95": [lo, hi],
+        "mean_episode_length": float(r["length"].mean()),
+        "per_episode": {"max_reward": r["max_reward"].round(4).tolist(), "success": r["success"].tolist(), "length": r["length"].tolist()},
+        "rollout_chunk_ms_median": 1000 * float(np.median(r["chunk_times"])) if r["chunk_times"] else None,
+        "rollout_wall_s": wall,
+        "frames": r["frames"],
+    }
+    if latency_repeats:
+        res["predict_latency_ms_median"] = measure_latency(agent, task, latency_repeats)
+    return res
+
+
+def evaluate_policy_on_task(policy: torch.nn.Module, task: Task, seeds: list[int], n_envs: int = 10, data_dir: str | None = None, **kw) -> dict[str, Any]:
+    """Used by the trainer's periodic evaluation: no videos, no latency measurement."""
+    was_training = policy.training
+    agent = DiffusionAgent(policy)
+    res = evaluate_agent(agent, task, seeds, n_envs, latency_repeats=0, **kw)
+    policy.train(was_training)
+    return res
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import imageio.v2 as imageio
+
+    tmp = path.with_name("." + path.name + ".tmp.mp4")
+    with imageio.get_writer(tmp, fps=fps, macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)
+    tmp.replace(path)
+
+
+def plot(results: dict[str, dict], path: Path, task: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(names), 3.6))
+    score = [results[n]["mean_max_reward"] for n in names]
+    sd = [results[n]["max_reward_std"] / math.sqrt(results[n]["episodes"]) for n in names]
+    axes[0].bar(names, score, yerr=sd, capsize=4, color="tab:blue")
+    axes[0].set_ylim(0, 1.05)
+    axes[0].set_title("mean max reward (±s.e.)")
+    sr = [results[n]["success_rate"] for n in names]
+    err = np.array([[s - results[n]["success_ci95"][0], results[n]["success_ci95"][1] - s] for n, s in zip(names, sr)]).T
+    axes[1].bar(names, sr, yerr=err, capsize=4, color="tab:green")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_title("success rate (95% Wilson)")
+    fig.suptitle(task)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    lines = ["| policy | episodes | mean max reward | success rate (95% CI) | mean ep. length | predict ms/chunk (batch 1) | rollout ms/chunk (batched) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lat = r.get("predict_latency_ms_median")
+        roll = r.get("rollout_chunk_ms_median")
+        lines.append(
+            f"| {name} | {r['episodes']} | {r['mean_max_reward']:.3f} | {r['success_rate']:.2f} "
+            f"[{r['success_ci95'][0]:.2f}, {r['success_ci95'][1]:.2f}] | {r['mean_episode_length']:.1f} | "
+            f"{'' if lat is None else f'{lat:.1f}'} | {'' if roll is None else f'{roll:.1f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def run(cfg: BenchmarkConfig) -> dict[str, dict]:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if not cfg.policies:
+        raise ValueError("give at least one --policy NAME=CHECKPOINT")
+    task = get_task(cfg.task)
+    seeds = parse_seeds(cfg.seeds)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    for spec in cfg.policies:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).parent.parent.name or Path(path).name
+        policy, meta = load_policy(path, cfg.device)
+        if meta.get("task") not in (None, cfg.task):
+            print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
+        agent = DiffusionAgent(policy, device=cfg.device)
+        if cfg.sampler:
+            agent.sample_kwargs["sampler"] = cfg.sampler
+        if cfg.num_inference_steps:
+            agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+        print(f"[{name}] {path}: {len(seeds)} episodes, {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
+        res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats)
+        frames = res.pop("frames")
+        res["videos"] = []
+        fps = int(task.make_env().metadata.get("render_fps", 10))
+        for ep, fr in sorted(frames.items()):
+            vpath = out / f"{name}_seed{seeds[ep]}.mp4"
+            write_video(vpath, fr, fps)
+            res["videos"].append(vpath.name)
+        res.update(checkpoint=str(path), train_step=meta.get("train_step"),
+                   sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
+                   num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")))
+        results[name] = res
+        print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}, success {res['success_rate']:.2f} {res['success_ci95']}")
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "device": cfg.device}
+    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "machine": machine, "results": results})
+    table = markdown_table(results)
+    atomic_write_bytes(out / "results.md", (f"# {cfg.task}\n\n{table}\n").encode())
+    plot(results, out / "scores.png", cfg.task)
+    print(table)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="pusht_keypoints")
+    p.add_argument("--policy", dest="policies", action="append", default=[], help="NAME=CHECKPOINT_DIR (repeatable)")
+    p.add_argument("--seeds", default="100000:100050", help="start:stop or a comma list (default: the paper's test seeds)")
+    p.add_argument("--n-envs", type=int, default=10)
+    p.add_argument("--vector", default="sync", choices=["sync", "async"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
+    p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--stochastic", action="store_true", help="non-reproducible sampling noise")
+    p.add_argument("--videos", type=int, default=3)
+    p.add_argument("--latency-repeats", type=int, default=20)
+    p.add_argument("--out-dir", default="benchmarks/results/latest")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--num-threads", type=int, default=0)
+    a = p.parse_args(argv)
+    cfg = BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
+                          sampler=a.sampler, num_inference_steps=a.num_inference_steps, deterministic=not a.stochastic,
+                          videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
+                          num_threads=a.num_threads)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
