@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tests use tiny models: one intra-op thread is as fast and avoids oversubscribing small CI machines.
+torch.set_num_threads(int(os.environ.get("DP_GYM_TEST_THREADS", "1")))
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

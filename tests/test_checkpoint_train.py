@@ -1,0 +1,230 @@
+"""Checkpoints (safetensors + JSON, no pickle) and the training loop end to end, including exact
+resumption after an interruption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import dp_gym.train as train_mod
+from dp_gym import tasks as tasks_mod
+from dp_gym.checkpoint import FORMAT_VERSION, META_KEY, load_policy, load_tensors, save_policy
+from dp_gym.data.replay import EpisodeData
+from dp_gym.policies.diffusion.config import DiffusionConfig
+from dp_gym.policies.diffusion.policy import DiffusionPolicy
+from dp_gym.train import TrainConfig, train
+
+
+def tiny_policy() -> DiffusionPolicy:
+    torch.manual_seed(0)
+    cfg = DiffusionConfig(obs_shapes={"obs": [3], "extra": [2]}, action_dim=2, horizon=8, n_obs_steps=2,
+                          n_action_steps=4, down_dims=[16, 32], diffusion_step_embed_dim=16,
+                          sampler="ddim", num_inference_steps=5)
+    p = DiffusionPolicy(cfg)
+    g = torch.Generator().manual_seed(0)
+    p.fit_normalizers({"obs": torch.randn(50, 3, generator=g), "extra": torch.rand(50, 2, generator=g),
+                       "action": torch.randn(50, 2, generator=g) * 5})
+    return p.eval()
+
+
+def obs_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(3, 2, 3, generator=g), "extra": torch.rand(3, 2, 2, generator=g)}
+
+
+# --- save / load ----------------------------------------------------------------------------
+
+def test_save_load_round_trip(tmp_path):
+    p = tiny_policy()
+    d = save_policy(p, tmp_path / "ckpt", extra={"note": "hello"})
+    q, meta = load_policy(d)
+    sd_p, sd_q = p.state_dict(), q.state_dict()
+    assert sd_p.keys() == sd_q.keys()
+    for k in sd_p:
+        assert torch.equal(sd_p[k], sd_q[k]), k
+    # normaliser statistics travel inside the weights
+    assert "action_normalizer.scale" in sd_q
+    assert meta["note"] == "hello" and meta["format_version"] == FORMAT_VERSION
+    assert meta["policy_type"] == "diffusion"
+    assert DiffusionConfig.from_dict(meta["policy_config"]) == p.config
+    assert not q.training
+    obs = obs_batch()
+    a = p.predict_chunk(obs, generator=torch.Generator().manual_seed(5))
+    b = q.predict_chunk(obs, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (3, 4, 2)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the .safetensors file alone is self-describing
+    r, _ = load_policy(d / "model.safetensors")
+    torch.testing.assert_close(r.predict_chunk(obs, generator=torch.Generator().manual_seed(5)), a, rtol=0, atol=0)
+
+
+def test_checkpoint_has_no_pickle(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    assert sorted(x.name for x in d.iterdir()) == ["config.json", "model.safetensors"]
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["format_version"] == FORMAT_VERSION and cfg["policy_config"]["down_dims"] == [16, 32]
+    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()[META_KEY]) == cfg
+    # pickle files (torch.save) start with the zip / pickle magic; safetensors with a u64 header size
+    head = (d / "model.safetensors").read_bytes()[:8]
+    assert not head.startswith(b"PK") and head[:1] != b"\x80"
+    header_len = int.from_bytes(head, "little")
+    json.loads((d / "model.safetensors").read_bytes()[8 : 8 + header_len])
+
+
+def _rewrite(file, mutate_meta=None, mutate_tensors=None):
+    tensors = load_file(str(file))
+    with safe_open(str(file), framework="pt") as f:
+        meta = json.loads(f.metadata()[META_KEY])
+    if mutate_meta:
+        mutate_meta(meta)
+    if mutate_tensors:
+        mutate_tensors(tensors)
+    save_file(tensors, str(file), metadata={META_KEY: json.dumps(meta)})
+
+
+def test_tampered_format_version_raises(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ValueError, match="format_version"):
+        load_policy(d)
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.pop("format_version"))
+    with pytest.raises(ValueError, match="format_version None"):
+        load_policy(d)
+
+
+def test_missing_tensor_or_file_raises(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_tensors=lambda t: t.pop("action_normalizer.scale"))
+    with pytest.raises(RuntimeError, match="action_normalizer.scale"):
+        load_policy(d)
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        load_policy(tmp_path / "nowhere")
+
+
+# --- train() end to end ---------------------------------------------------------------------
+
+def _toy_episodes(_data_dir=None) -> EpisodeData:
+    rng = np.random.default_rng(0)
+    n_ep, length = 10, 20
+    obs = rng.normal(size=(n_ep * length, 3)).astype(np.float32)
+    action = np.stack([np.tanh(obs[:, 0] + obs[:, 1]), obs[:, 2] * 0.5], axis=-1).astype(np.float32)
+    return EpisodeData({"obs": obs, "action": action}, np.arange(1, n_ep + 1) * length)
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    task = tasks_mod.Task(name="toy", env_id="dp_gym/None-v0", env_kwargs={}, load_dataset=_toy_episodes,
+                          obs_keys=("obs",), max_episode_steps=10)
+    monkeypatch.setitem(tasks_mod.TASKS, "toy", task)
+    return task
+
+
+def _cfg(out, **kw) -> TrainConfig:
+    base = dict(task="toy", steps=30, batch_size=16, model_size="small",
+                policy_overrides={"down_dims": [16, 32], "diffusion_step_embed_dim": 16},
+                checkpoint_every=10, val_every=10, log_every=10, out_dir=str(out))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_end_to_end(tmp_path, toy_task):
+    out = tmp_path / "run"
+    latest = train(_cfg(out))
+    assert latest == out / "checkpoints" / "latest"
+    policy, meta = load_policy(latest)
+    assert meta["train_step"] == 30 and meta["task"] == "toy"
+    assert meta["train_config"]["steps"] == 30
+    assert policy.config.down_dims == [16, 32] and policy.config.obs_shapes == {"obs": [3]}
+    # normalisers were fitted on the training data (not the defaults)
+    assert not torch.equal(policy.action_normalizer.scale, torch.ones(2))
+    chunk = policy.predict_chunk({"obs": torch.zeros(2, 2, 3)}, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (2, 8, 2) and torch.isfinite(chunk).all()
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    for r in rows:
+        assert np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) and r["lr"] > 0
+    csv_lines = (out / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("step,loss,val_loss") and len(csv_lines) == 4
+    _, st_meta = load_tensors(out / "trainer_state.safetensors")
+    assert st_meta["step"] == 30
+    assert json.loads((out / "train_config.json").read_text())["task"] == "toy"
+
+
+def test_resume_continues_from_saved_step(tmp_path, toy_task, capsys):
+    out = tmp_path / "run"
+    train(_cfg(out, steps=20))
+    assert [r["step"] for r in _rows(out)] == [10, 20]
+    capsys.readouterr()
+    train(_cfg(out, steps=30, resume=True))
+    assert "at step 20" in capsys.readouterr().out
+    # a restart from scratch would have appended 10, 20, 30 again
+    assert [r["step"] for r in _rows(out)] == [10, 20, 30]
+    _, meta = load_tensors(out / "trainer_state.safetensors")
+    assert meta["step"] == 30
+    assert load_policy(out / "checkpoints" / "latest")[1]["train_step"] == 30
+
+
+class _Killed(Exception):
+    pass
+
+
+def _state(out):
+    tensors, meta = load_tensors(out / "trainer_state.safetensors")
+    return tensors, meta
+
+
+def test_resume_is_exact(tmp_path, toy_task, monkeypatch):
+    """Interrupting at step 20 (right after the checkpoint) and resuming gives bit-identical weights,
+    EMA, optimiser state and metrics to an uninterrupted run with the same config."""
+    full = tmp_path / "full"
+    train(_cfg(full))
+
+    real_save = train_mod.atomic_save_tensors
+
+    def save_then_die(path, tensors, meta=None):
+        real_save(path, tensors, meta)
+        if meta and meta.get("step") == 20:
+            raise _Killed
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(train_mod, "atomic_save_tensors", save_then_die)
+    with pytest.raises(_Killed):
+        train(_cfg(part))
+    monkeypatch.setattr(train_mod, "atomic_save_tensors", real_save)
+    assert _state(part)[1]["step"] == 20
+    train(_cfg(part, resume=True))
+
+    (a, meta_a), (b, meta_b) = _state(full), _state(part)
+    assert meta_a["step"] == meta_b["step"] == 30
+    assert a.keys() == b.keys()
+    assert any(k.startswith("optim.") for k in a) and any(k.startswith("ema.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    assert meta_a["optimizer"] == meta_b["optimizer"] and meta_a["lr_scheduler"] == meta_b["lr_scheduler"]
+    pa = load_file(str(full / "checkpoints" / "latest" / "model.safetensors"))
+    pb = load_file(str(part / "checkpoints" / "latest" / "model.safetensors"))
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    ra, rb = _rows(full), _rows(part)
+    assert [r["step"] for r in rb] == [10, 20, 30]
+    for x, y in zip(ra, rb):
+        assert x["loss"] == y["loss"] and x["val_loss"] == y["val_loss"] and x["lr"] == y["lr"]
+
+
+def test_train_config_validation(tmp_path, toy_task):
+    with pytest.raises(ValueError, match="steps and batch_size"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown model size"):
+        train(_cfg(tmp_path / "x", model_size="huge"))
+    with pytest.raises(ValueError, match="unknown task"):
+        train(_cfg(tmp_path / "y", task="no_such_task"))
