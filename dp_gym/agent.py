@@ -60,6 +60,7 @@ class DiffusionAgent:
         self._histories: list[deque] = []
         self._queues: list[deque] = []
         self._replans: list[int] = []
+        self._noise_keys: list[int] = []
         self.n_replans = 0  # total chunks sampled (for latency statistics)
 
     # --- persistence ----------------------------------------------------------------------
@@ -117,6 +118,12 @@ class DiffusionAgent:
         self._histories = [deque(maxlen=self.n_obs_steps) for _ in range(n)]
         self._queues = [deque() for _ in range(n)]
         self._replans = [0 for _ in range(n)]
+        self._noise_keys = list(range(n))
+
+    def set_noise_key(self, env_index: int, key: int) -> None:
+        """Key env ``env_index``'s deterministic noise by ``key`` (e.g. its episode's reset seed)
+        instead of its index, so an episode replays identically in whatever env slot it runs."""
+        self._noise_keys[env_index] = int(key)
 
     # --- acting ---------------------------------------------------------------------------
     def predict(
@@ -130,8 +137,9 @@ class DiffusionAgent:
 
         ``observation``: one observation or a batch (leading n_envs axis); dict observations are
         dicts of such arrays. ``episode_start[i]`` true clears env i's history and queue.
-        ``deterministic=True`` makes the sampling noise a fixed function of (seed, env index,
-        chunk index within the episode), so the same episode replays the same actions.
+        ``deterministic=True`` makes the sampling noise a fixed function of (seed, env index or
+        the key given to :meth:`set_noise_key`, chunk index within the episode), so the same
+        episode replays the same actions.
         ``state`` is passed through unchanged (the queues live in the agent).
         """
         obs, batched = self._split(observation)
@@ -179,7 +187,7 @@ class DiffusionAgent:
             gens = []
             for i in env_ids:
                 if deterministic:
-                    gens.append(torch.Generator().manual_seed(hash((self.seed, i, self._replans[i])) & 0x7FFF_FFFF))
+                    gens.append(torch.Generator().manual_seed(hash((self.seed, self._noise_keys[i], self._replans[i])) & 0x7FFF_FFFF))
                 else:
                     gens.append(self._generator)
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])

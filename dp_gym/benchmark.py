@@ -96,11 +96,18 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
     chunk_times: list[float] = []
 
     def start(mask: np.ndarray) -> Any:
+        # With autoreset disabled a finished env must be reset before the next step, so envs
+        # left without a seed are reset too and just idle (inactive) until the others finish.
         seeds_now = [None] * n_envs
         for i in np.flatnonzero(mask):
-            ep, seed = pending.pop(0)
-            slot[i] = (ep, seed)
-            seeds_now[i] = seed
+            if pending:
+                ep, seed = pending.pop(0)
+                slot[i] = (ep, seed)
+                seeds_now[i] = seed
+                agent.set_noise_key(i, seed)
+            else:
+                slot[i] = None
+                active[i] = False
         if mask.all():
             return env.reset(seed=seeds_now)
         return env.reset(seed=seeds_now, options={"reset_mask": mask})
@@ -113,9 +120,10 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
         for i, img in zip(live, imgs):
             frames.setdefault(slot[i][0], []).append(img)
 
+    active = np.ones(n_envs, dtype=bool)
+    agent.reset(n_envs)
     obs, info = start(np.ones(n_envs, dtype=bool))
     episode_start = np.ones(n_envs, dtype=bool)
-    active = np.ones(n_envs, dtype=bool)
     action_dim = env.single_action_space.shape
     grab_frames()
     while active.any():
@@ -138,16 +146,8 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
             if bool(info["is_success"][i]):
                 success[ep] = True
         if done.any():
-            restart = done.copy()
-            for i in np.flatnonzero(done):
-                if not pending:
-                    restart[i] = False
-                    active[i] = False
-                    slot[i] = None
-            if restart.any():
-                new_obs, _ = start(restart)
-                obs = new_obs  # with reset_mask, non-reset envs keep their current observation
-                episode_start = restart
+            obs, _ = start(done)  # with reset_mask, the other envs keep their current observation
+            episode_start = done.copy()
     env.close()
     return {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
 
@@ -223,12 +223,12 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
     names = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(names), 3.6))
     score = [results[n]["mean_max_reward"] for n in names]
-    sd = [results[n]["max_reward_std"] / math.sqrt(results[n]["episodes"]) for n in names]
+    sd = [float(results[n]["max_reward_std"]) / math.sqrt(results[n]["episodes"]) for n in names]
     axes[0].bar(names, score, yerr=sd, capsize=4, color="tab:blue")
     axes[0].set_ylim(0, 1.05)
     axes[0].set_title("mean max reward (±s.e.)")
     sr = [results[n]["success_rate"] for n in names]
-    err = np.array([[s - results[n]["success_ci95"][0], results[n]["success_ci95"][1] - s] for n, s in zip(names, sr)]).T
+    err = np.array([[s - results[n]["success_ci95"][0], results[n]["success_ci95"][1] - s] for n, s in zip(names, sr)], dtype=float).T.clip(0)
     axes[1].bar(names, sr, yerr=err, capsize=4, color="tab:green")
     axes[1].set_ylim(0, 1.05)
     axes[1].set_title("success rate (95% Wilson)")

@@ -148,16 +148,15 @@ def test_ddim_true_eps_recovers_x0(clip, t):
                                    atol=tol, rtol=0)
 
 
-def test_ddim_clip_recomputes_eps():
-    """With x̂_0 clipped, ε is re-derived from the clipped x̂_0 (use_clipped_model_output style)."""
+def test_ddim_clip_keeps_model_eps():
+    """With x̂_0 clipped, the direction term still uses the model's ε (the paper's diffusers default)."""
     s = NoiseScheduler(T, clip_sample=True)
     t, prev = 60, 40
     x_t = torch.full((1, 2, 1), 0.5)
     eps = torch.full((1, 2, 1), -3.0)  # implies x̂_0 far above +1
     ab_t, ab_p = float(s.alphas_cumprod[t]), float(s.alphas_cumprod[prev])
     x0 = 1.0
-    eps_c = (0.5 - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
-    expected = math.sqrt(ab_p) * x0 + math.sqrt(1 - ab_p) * eps_c
+    expected = math.sqrt(ab_p) * x0 + math.sqrt(1 - ab_p) * -3.0
     torch.testing.assert_close(s.ddim_step(eps, t, x_t, prev), torch.full((1, 2, 1), expected), atol=1e-5, rtol=1e-5)
 
 
@@ -215,10 +214,9 @@ def test_matches_diffusers_ddim(n_inf):
             expected = ref.step(eps, t, x_t, eta=0.0).prev_sample
             torch.testing.assert_close(ours.ddim_step(eps, t, x_t, prev_t), expected, atol=1e-4, rtol=1e-4,
                                        msg=f"t={t} (no clipping)")
-        # (b) arbitrary inputs with clipping active: ours re-derives ε from the clipped x̂_0,
-        # i.e. diffusers with use_clipped_model_output=True
+        # (b) arbitrary inputs with clipping active: diffusers' default step (model ε kept)
         x_t, eps = _inputs(100 + i, scale=2.0)
-        expected = ref.step(eps, t, x_t, eta=0.0, use_clipped_model_output=True).prev_sample
+        expected = ref.step(eps, t, x_t, eta=0.0).prev_sample
         torch.testing.assert_close(ours.ddim_step(eps, t, x_t, prev_t), expected, atol=2e-4, rtol=1e-4, msg=f"t={t}")
 
 
@@ -241,6 +239,6 @@ def test_full_ddim_chain_matches_diffusers():
     for i, t in enumerate(ts):
         prev = ts[i + 1] if i + 1 < len(ts) else -1
         x = ours.ddim_step(fake_eps(x, t), t, x, prev)
-        y = ref.step(fake_eps(y, t), t, y, eta=0.0, use_clipped_model_output=True).prev_sample
+        y = ref.step(fake_eps(y, t), t, y, eta=0.0).prev_sample
     torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(x, target, atol=1e-3, rtol=0)

@@ -80,11 +80,11 @@ class NoiseScheduler(nn.Module):
         return mean + var.sqrt() * noise
 
     def ddim_step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int) -> torch.Tensor:
-        """Deterministic DDIM step (η = 0) x_t → x_{prev_t}. ε is recomputed from the clipped x̂_0
-        so the update stays consistent with the clipping."""
+        """Deterministic DDIM step (η = 0) x_t → x_{prev_t}.
+
+        As in the paper's setup (diffusers' default ``use_clipped_model_output=False``), the
+        direction term uses the network's ε, not one re-derived from the clipped x̂_0."""
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
         x0 = self._pred_x0(eps, x_t, ab_t)
-        if self.clip_sample:
-            eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
         return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
