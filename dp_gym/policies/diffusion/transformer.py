@@ -146,16 +146,11 @@ class TransformerDenoiser(nn.Module):
         self.time_emb = SinusoidalPosEmb(n_emb)
         self.cond_obs_emb = nn.Linear(cond_dim, n_emb)
         self.cond_pos_emb = nn.Parameter(torch.zeros(1, n_cond_tokens, n_emb))
+        # Pre-norm GELU layers with a 4x feed-forward, shared by the cond encoder and the decoder.
+        layer_kw = dict(d_model=n_emb, nhead=n_head, dim_feedforward=4 * n_emb, dropout=p_drop_attn,
+                        activation="gelu", batch_first=True, norm_first=True)
         if n_cond_layers > 0:
-            enc_layer = nn.TransformerEncoderLayer(
-                d_model=n_emb,
-                nhead=n_head,
-                dim_feedforward=4 * n_emb,
-                dropout=p_drop_attn,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
+            enc_layer = nn.TransformerEncoderLayer(**layer_kw)
             self.encoder: nn.Module = nn.TransformerEncoder(
                 enc_layer, num_layers=n_cond_layers, enable_nested_tensor=False
             )
@@ -167,15 +162,7 @@ class TransformerDenoiser(nn.Module):
             )
 
         # --- decoder
-        dec_layer = nn.TransformerDecoderLayer(
-            d_model=n_emb,
-            nhead=n_head,
-            dim_feedforward=4 * n_emb,
-            dropout=p_drop_attn,
-            activation="gelu",
-            batch_first=True,
-            norm_first=True,
-        )
+        dec_layer = nn.TransformerDecoderLayer(**layer_kw)
         self.decoder = nn.TransformerDecoder(dec_layer, num_layers=n_layer)
 
         # --- attention masks (bool, True = "may NOT attend"), not saved in state_dict
