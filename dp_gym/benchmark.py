@@ -271,10 +271,13 @@ def run(cfg: BenchmarkConfig) -> dict[str, dict]:
         if meta.get("task") not in (None, cfg.task):
             print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
         agent = DiffusionAgent(policy, device=cfg.device)
-        if cfg.sampler:
-            agent.sample_kwargs["sampler"] = cfg.sampler
-        if cfg.num_inference_steps:
-            agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+        if policy.policy_type == "diffusion":
+            if cfg.sampler:
+                agent.sample_kwargs["sampler"] = cfg.sampler
+            if cfg.num_inference_steps:
+                agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+        elif cfg.sampler or cfg.num_inference_steps:
+            print(f"[{name}] note: --sampler / --num-inference-steps apply to diffusion policies only; ignored for {policy.policy_type!r}")
         print(f"[{name}] {path}: {len(seeds)} episodes, {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
         res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats)
         frames = res.pop("frames")

@@ -36,10 +36,10 @@ from dp_gym.tasks import get_task
 @dataclass
 class TrainConfig:
     task: str = "pusht_keypoints"
-    policy: str = "diffusion"
-    model_size: str = "small"  # small | medium | paper (see MODEL_SIZES)
+    policy: str = "diffusion"  # diffusion | bc | ibc
+    model_size: str = "small"  # small | medium | paper (see dp_gym.policies.model_sizes)
     denoiser: str = "unet"  # unet | transformer (diffusion only)
-    horizon: int = 16
+    horizon: int = 16  # diffusion only (bc / ibc use To-1+Ta, see build_policy_config)
     n_obs_steps: int = 2
     n_action_steps: int = 8
     steps: int = 50_000
@@ -71,14 +71,25 @@ class TrainConfig:
 
 
 def build_policy_config(cfg: TrainConfig, obs_shapes: dict[str, list[int]], action_dim: int) -> dict[str, Any]:
-    from dp_gym.policies.diffusion.config import MODEL_SIZES
+    """The policy's config dict from the training options; ``policy_overrides`` are applied last.
 
-    if cfg.model_size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {cfg.model_size!r}; available: {sorted(MODEL_SIZES)}")
+    * diffusion: ``--model-size`` picks the denoiser widths, ``--denoiser`` the network.
+    * bc / ibc: ``--model-size`` picks the MLP hidden widths (``MLP_MODEL_SIZES``). Their horizon is
+      the shortest window holding the executed actions, To-1+Ta (they predict nothing beyond it, and
+      a longer window would drop training frames at episode ends), so ``--horizon`` is not used.
+      Single-step variants: ``--n-action-steps 1 --policy-overrides '{"chunked": false}'``.
+    """
+    from dp_gym.policies import model_sizes
+
+    sizes = model_sizes(cfg.policy)
+    if cfg.model_size not in sizes:
+        raise ValueError(f"unknown model size {cfg.model_size!r} for policy {cfg.policy!r}; available: {sorted(sizes)}")
     pc: dict[str, Any] = dict(obs_shapes=obs_shapes, action_dim=action_dim, horizon=cfg.horizon,
                               n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps)
     if cfg.policy == "diffusion":
-        pc.update(denoiser=cfg.denoiser, **MODEL_SIZES[cfg.model_size])
+        pc.update(denoiser=cfg.denoiser, **sizes[cfg.model_size])
+    else:
+        pc.update(horizon=cfg.n_obs_steps + cfg.n_action_steps - 1, **sizes[cfg.model_size])
     pc.update(cfg.policy_overrides)
     return pc
 

@@ -1,0 +1,64 @@
+"""Explicit behaviour cloning: an MLP regressing actions from the observation history (MSE).
+
+The baseline the diffusion policy paper compares against: with multimodal demonstrations MSE
+regression predicts the mean of the modes, which may itself be a bad action.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dp_gym.data.normalizer import MinMaxNormalizer
+from dp_gym.policies.bc.config import BCConfig
+from dp_gym.policies.common import action_window, build_mlp
+from dp_gym.policies.diffusion.policy import check_obs
+
+
+class BCPolicy(nn.Module):
+    """MLP from the flattened normalised (To, F) observation history to the ``n_action_steps``
+    normalised actions starting at the current step. Deterministic: ``predict_chunk`` takes no
+    noise, so the agent draws none for it."""
+
+    policy_type = "bc"
+
+    def __init__(self, config: BCConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in c.obs_shapes.items()})
+        self.action_normalizer = MinMaxNormalizer(c.action_dim)
+        self.net = build_mlp(c.n_obs_steps * c.obs_feature_dim, c.hidden_dims, c.pred_steps * c.action_dim, c.activation, c.dropout)
+
+    # --- normalisation --------------------------------------------------------------------
+    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
+        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
+        for key in self.config.obs_shapes:
+            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
+        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
+
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, To, *shape) per key → (B, To * F) flattened normalised history."""
+        feats = [self.obs_normalizers[k].normalize(obs[k].float()) for k in self.config.obs_shapes]
+        return torch.cat(feats, dim=-1).flatten(1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised action predictions, (B, n_action_steps, A)."""
+        out = self.net(self.encode_obs(obs))
+        return out.view(out.shape[0], self.config.pred_steps, self.config.action_dim)
+
+    # --- training -------------------------------------------------------------------------
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        c = self.config
+        obs = {k: batch[k][:, : c.n_obs_steps] for k in c.obs_shapes}
+        target = self.action_normalizer.normalize(action_window(batch["action"], c.n_obs_steps, c.pred_steps))
+        return F.mse_loss(self(obs), target)
+
+    # --- acting ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_chunk(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, n_action_steps, action_dim) in environment units. ``generator`` is accepted for
+        interface compatibility and unused (the policy is deterministic)."""
+        check_obs(obs, self.config.obs_shapes, self.config.n_obs_steps)
+        return self.action_normalizer.unnormalize(self(obs))

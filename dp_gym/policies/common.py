@@ -1,0 +1,72 @@
+"""Pieces shared by the MLP baselines (explicit BC, implicit BC): config validation, the MLP
+builder, observation flattening and the action-window slice they are trained on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU}
+
+# Named sizes for ``--model-size`` (hidden widths of the MLP), shared by "bc" and "ibc".
+MLP_MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "small": dict(hidden_dims=[256, 256]),
+    "medium": dict(hidden_dims=[512, 512, 512]),
+    "paper": dict(hidden_dims=[1024, 1024, 1024, 1024]),
+}
+
+
+def validate_mlp_policy_fields(cfg: Any) -> None:
+    """Normalise and validate the fields BCConfig and IBCConfig share (raises ValueError)."""
+    cfg.obs_shapes = {str(k): [int(d) for d in v] for k, v in cfg.obs_shapes.items()}
+    cfg.hidden_dims = [int(d) for d in cfg.hidden_dims]
+    cfg.chunked = bool(cfg.chunked)
+    cfg.dropout = float(cfg.dropout)
+    if not cfg.obs_shapes:
+        raise ValueError("obs_shapes must name at least one observation key")
+    for key, shape in cfg.obs_shapes.items():
+        if len(shape) != 1 or shape[0] < 1:
+            raise ValueError(f"observation {key!r}: only low-dim (D,) shapes are supported here, got {shape}")
+    for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.n_obs_steps + cfg.n_action_steps - 1 > cfg.horizon:
+        raise ValueError(
+            f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "
+            f"({cfg.n_obs_steps - 1} + {cfg.n_action_steps}): executed actions start at index To-1"
+        )
+    if not cfg.chunked and cfg.n_action_steps != 1:
+        raise ValueError(
+            f"chunked=False predicts one action per step, so it needs n_action_steps == 1 "
+            f"(got {cfg.n_action_steps}); pass --n-action-steps 1, or use chunked=True to predict "
+            f"{cfg.n_action_steps} actions at once"
+        )
+    if not cfg.hidden_dims or any(d < 1 for d in cfg.hidden_dims):
+        raise ValueError(f"hidden_dims must be a non-empty list of positive widths, got {cfg.hidden_dims}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+
+
+def build_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, activation: str, dropout: float) -> nn.Sequential:
+    """Linear → activation → dropout for every hidden width, then a linear output layer."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden_dims:
+        layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+def action_window(actions: torch.Tensor, n_obs_steps: int, n_action_steps: int) -> torch.Tensor:
+    """The executed actions [To-1, To-1+Ta) of a (B, horizon, A) training window."""
+    start = n_obs_steps - 1
+    if actions.ndim != 3 or actions.shape[1] < start + n_action_steps:
+        raise ValueError(f"batch['action'] must have shape (B, >= {start + n_action_steps}, A), got {tuple(actions.shape)}")
+    return actions[:, start : start + n_action_steps]
