@@ -35,6 +35,9 @@ class Task:
     def make_env(self, **overrides: Any) -> gym.Env:
         import dp_gym  # noqa: F401  (registers the env ids)
 
+        if not self.env_id:
+            raise ValueError(f"task {self.name!r} is dataset-only and has no environment")
+
         return gym.make(self.env_id, **{**self.env_kwargs, **overrides})
 
 
@@ -50,6 +53,17 @@ def _pusht_state(data_dir: str | None) -> EpisodeData:
     state = ep.arrays["state"].astype(np.float32).copy()
     state[:, 4] = np.mod(state[:, 4], 2 * np.pi)
     return EpisodeData({"obs": state, "action": ep.arrays["action"].astype(np.float32)}, ep.episode_ends, ep.meta)
+
+
+def _toy_bimodal(data_dir: str | None = None, n_episodes: int = 64, length: int = 16, seed: int = 0) -> EpisodeData:
+    """Synthetic task with two equally good action modes: the observation is always 0 and each
+    demonstration holds its action at +0.7 or at -0.7 (50/50, small jitter). A mean-regression
+    policy predicts ~0, which no demonstration ever does."""
+    rng = np.random.default_rng(seed)
+    signs = np.where(np.arange(n_episodes) % 2 == 0, 1.0, -1.0)
+    action = (signs[:, None] * 0.7 + rng.normal(0, 0.03, size=(n_episodes, length))).reshape(-1, 1)
+    obs = np.zeros((n_episodes * length, 2), dtype=np.float32)
+    return EpisodeData({"obs": obs, "action": action.astype(np.float32)}, np.arange(1, n_episodes + 1) * length)
 
 
 TASKS: dict[str, Task] = {
@@ -70,6 +84,15 @@ TASKS: dict[str, Task] = {
         obs_keys=("obs",),
         max_episode_steps=300,
         description="Push-T from [agent_xy, block_xy, block_angle]",
+    ),
+    "toy_bimodal": Task(
+        name="toy_bimodal",
+        env_id="",  # dataset-only task: scored by benchmarks/toy_multimodal.py, not by rollouts
+        env_kwargs={},
+        load_dataset=_toy_bimodal,
+        obs_keys=("obs",),
+        max_episode_steps=16,
+        description="two equally good action modes (+0.7 / -0.7) for the same observation",
     ),
 }
 
