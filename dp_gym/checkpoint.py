@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
 FORMAT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 META_KEY = "dp_gym"
 
 
@@ -30,6 +32,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
