@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp_gym.data.replay import EpisodeData
 
 
 def window_frame_indices(

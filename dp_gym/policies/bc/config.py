@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
+from dp_gym.policies.base import ConfigDict
 from dp_gym.policies.common import MLP_MODEL_SIZES, validate_mlp_policy_fields
 
 
 @dataclass
-class BCConfig:
+class BCConfig(ConfigDict):
     """Everything needed to rebuild a :class:`BCPolicy` (saved as JSON in checkpoints).
 
     An MLP maps the flattened, normalised ``n_obs_steps``-step observation history to actions and is
@@ -42,25 +43,13 @@ class BCConfig:
     def __post_init__(self) -> None:
         validate_mlp_policy_fields(self)
 
-    @property
-    def obs_feature_dim(self) -> int:
-        return sum(s[0] for s in self.obs_shapes.values())
 
     @property
     def pred_steps(self) -> int:
         """Number of actions predicted per call (== n_action_steps, see the class docstring)."""
         return self.n_action_steps
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "BCConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown BCConfig keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 MODEL_SIZES = MLP_MODEL_SIZES

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dp_gym.data.normalizer import MinMaxNormalizer
+from dp_gym.policies.base import NormalizedPolicy
 from dp_gym.policies.bc.config import BCConfig
 from dp_gym.policies.common import action_window, build_mlp
 from dp_gym.policies.diffusion.policy import check_obs
 
 
-class BCPolicy(nn.Module):
+class BCPolicy(NormalizedPolicy):
     """MLP from the flattened normalised (To, F) observation history to the ``n_action_steps``
     normalised actions starting at the current step. Deterministic: ``predict_chunk`` takes no
     noise, so the agent draws none for it."""
@@ -24,24 +23,14 @@ class BCPolicy(nn.Module):
     policy_type = "bc"
 
     def __init__(self, config: BCConfig) -> None:
-        super().__init__()
+        super().__init__(config.obs_shapes, config.action_dim)
         self.config = config
         c = config
-        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in c.obs_shapes.items()})
-        self.action_normalizer = MinMaxNormalizer(c.action_dim)
         self.net = build_mlp(c.n_obs_steps * c.obs_feature_dim, c.hidden_dims, c.pred_steps * c.action_dim, c.activation, c.dropout)
-
-    # --- normalisation --------------------------------------------------------------------
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
-        for key in self.config.obs_shapes:
-            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
-        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, *shape) per key → (B, To * F) flattened normalised history."""
-        feats = [self.obs_normalizers[k].normalize(obs[k].float()) for k in self.config.obs_shapes]
-        return torch.cat(feats, dim=-1).flatten(1)
+        return self.normalized_obs(obs).flatten(1)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised action predictions, (B, n_action_steps, A)."""

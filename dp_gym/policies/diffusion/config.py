@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from dp_gym.policies.base import ConfigDict
 
 
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(ConfigDict):
     """Everything needed to rebuild a :class:`DiffusionPolicy` (saved as JSON in checkpoints).
 
     ``obs_shapes`` maps each observation key to its per-step shape. Low-dim keys have shape
@@ -67,20 +69,8 @@ class DiffusionConfig:
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError("num_inference_steps cannot exceed num_train_timesteps")
 
-    @property
-    def obs_feature_dim(self) -> int:
-        return sum(s[0] for s in self.obs_shapes.values())
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiffusionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown DiffusionConfig keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 # Named model sizes for the CLI. "paper" is the paper's Push-T UNet; "small" trains ~10x faster on CPU.

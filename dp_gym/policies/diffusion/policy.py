@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dp_gym.data.normalizer import MinMaxNormalizer
+from dp_gym.policies.base import NormalizedPolicy
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.scheduler import NoiseScheduler
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
@@ -33,7 +32,7 @@ def check_obs(obs: dict[str, torch.Tensor], obs_shapes: dict[str, list[int]], n_
             raise ValueError(f"observation {key!r} contains NaN or inf")
 
 
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(NormalizedPolicy):
     """Conditional DDPM over action sequences of length ``horizon``, conditioned on the last
     ``n_obs_steps`` observations. ``predict_chunk`` returns the ``n_action_steps`` actions starting
     at index To-1 (the current step) of the sampled sequence."""
@@ -41,11 +40,9 @@ class DiffusionPolicy(nn.Module):
     policy_type = "diffusion"
 
     def __init__(self, config: DiffusionConfig) -> None:
-        super().__init__()
+        super().__init__(config.obs_shapes, config.action_dim)
         self.config = config
         c = config
-        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in c.obs_shapes.items()})
-        self.action_normalizer = MinMaxNormalizer(c.action_dim)
         if c.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(
                 action_dim=c.action_dim, cond_dim=c.obs_feature_dim, n_obs_steps=c.n_obs_steps,
@@ -62,17 +59,9 @@ class DiffusionPolicy(nn.Module):
             )
         self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample)
 
-    # --- normalisation --------------------------------------------------------------------
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
-        for key in self.config.obs_shapes:
-            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
-        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
-
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk)."""
-        feats = [self.obs_normalizers[k].normalize(obs[k].float()) for k in self.config.obs_shapes]
-        return torch.cat(feats, dim=-1)
+        return self.normalized_obs(obs)
 
     # --- training -------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

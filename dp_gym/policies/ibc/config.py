@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
+from dp_gym.policies.base import ConfigDict
 from dp_gym.policies.common import MLP_MODEL_SIZES, validate_mlp_policy_fields
 
 
 @dataclass
-class IBCConfig:
+class IBCConfig(ConfigDict):
     """Everything needed to rebuild an :class:`IBCPolicy` (saved as JSON in checkpoints).
 
     Implicit BC (Florence et al., CoRL 2021): an energy MLP ``E(o, a)`` over the flattened,
@@ -52,25 +53,13 @@ class IBCConfig:
         if self.n_counter_examples < 1:
             raise ValueError(f"n_counter_examples must be >= 1, got {self.n_counter_examples}")
 
-    @property
-    def obs_feature_dim(self) -> int:
-        return sum(s[0] for s in self.obs_shapes.values())
 
     @property
     def pred_steps(self) -> int:
         """Number of actions in one energy-model action (== n_action_steps)."""
         return self.n_action_steps
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "IBCConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown IBCConfig keys: {sorted(unknown)}")
-        return cls(**d)
 
 
 def validate_dfo_args(n_samples: int, n_iters: int, noise_scale: float, noise_shrink: float, temperature: float,

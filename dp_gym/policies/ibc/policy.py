@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.data.normalizer import MinMaxNormalizer
+from dp_gym.policies.base import NormalizedPolicy
 from dp_gym.policies.common import ACTIVATIONS, action_window, build_mlp
 from dp_gym.policies.diffusion.policy import check_obs
 from dp_gym.policies.ibc.config import IBCConfig, validate_dfo_args
@@ -103,7 +103,7 @@ def dfo_minimize(
     return x[rows, best].view(B, *action_shape)
 
 
-class IBCPolicy(nn.Module):
+class IBCPolicy(NormalizedPolicy):
     """Energy MLP over [flattened normalised obs history, flattened normalised action chunk].
 
     The first layer acts on the concatenation; it is split into an observation part (computed once
@@ -113,11 +113,9 @@ class IBCPolicy(nn.Module):
     policy_type = "ibc"
 
     def __init__(self, config: IBCConfig) -> None:
-        super().__init__()
+        super().__init__(config.obs_shapes, config.action_dim)
         self.config = config
         c = config
-        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in c.obs_shapes.items()})
-        self.action_normalizer = MinMaxNormalizer(c.action_dim)
         h0 = c.hidden_dims[0]
         self.obs_in = nn.Linear(c.n_obs_steps * c.obs_feature_dim, h0)
         self.act_in = nn.Linear(c.pred_steps * c.action_dim, h0, bias=False)
@@ -131,17 +129,9 @@ class IBCPolicy(nn.Module):
     def action_shape(self) -> tuple[int, int]:
         return (self.config.pred_steps, self.config.action_dim)
 
-    # --- normalisation --------------------------------------------------------------------
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
-        for key in self.config.obs_shapes:
-            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
-        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
-
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, *shape) per key → (B, To * F) flattened normalised history."""
-        feats = [self.obs_normalizers[k].normalize(obs[k].float()) for k in self.config.obs_shapes]
-        return torch.cat(feats, dim=-1).flatten(1)
+        return self.normalized_obs(obs).flatten(1)
 
     def energy(self, obs_feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """E(o, a): obs_feat (B, To*F), normalised candidate actions (B, S, Ta, A) or (B, S, Ta*A)
