@@ -34,6 +34,26 @@ class ConfigDict:
         return sum(s[0] for s in self.obs_shapes.values())  # type: ignore[attr-defined]
 
 
+def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = ()) -> None:
+    """Normalise and validate what every policy config has (raises ValueError): low-dim
+    ``obs_shapes``, positive ``action_dim`` / ``horizon`` / ``n_obs_steps`` / ``n_action_steps``
+    (and the extra names in ``positive``), and a horizon covering To-1+Ta."""
+    cfg.obs_shapes = {str(k): [int(d) for d in v] for k, v in cfg.obs_shapes.items()}
+    if not cfg.obs_shapes:
+        raise ValueError("obs_shapes must name at least one observation key")
+    for key, shape in cfg.obs_shapes.items():
+        if len(shape) != 1 or shape[0] < 1:
+            raise ValueError(f"observation {key!r}: only low-dim (D,) shapes are supported here, got {shape}")
+    for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", *positive):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.n_obs_steps + cfg.n_action_steps - 1 > cfg.horizon:
+        raise ValueError(
+            f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "
+            f"({cfg.n_obs_steps - 1} + {cfg.n_action_steps}): executed actions start at index To-1"
+        )
+
+
 class NormalizedPolicy(nn.Module):
     """Base module holding one normaliser per observation key and one for the action."""
 

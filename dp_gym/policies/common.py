@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dp_gym.policies.base import validate_policy_fields
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU}
 
 # Named sizes for ``--model-size`` (hidden widths of the MLP), shared by "bc" and "ibc".
@@ -20,23 +22,10 @@ MLP_MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 def validate_mlp_policy_fields(cfg: Any) -> None:
     """Normalise and validate the fields BCConfig and IBCConfig share (raises ValueError)."""
-    cfg.obs_shapes = {str(k): [int(d) for d in v] for k, v in cfg.obs_shapes.items()}
+    validate_policy_fields(cfg)
     cfg.hidden_dims = [int(d) for d in cfg.hidden_dims]
     cfg.chunked = bool(cfg.chunked)
     cfg.dropout = float(cfg.dropout)
-    if not cfg.obs_shapes:
-        raise ValueError("obs_shapes must name at least one observation key")
-    for key, shape in cfg.obs_shapes.items():
-        if len(shape) != 1 or shape[0] < 1:
-            raise ValueError(f"observation {key!r}: only low-dim (D,) shapes are supported here, got {shape}")
-    for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.n_obs_steps + cfg.n_action_steps - 1 > cfg.horizon:
-        raise ValueError(
-            f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "
-            f"({cfg.n_obs_steps - 1} + {cfg.n_action_steps}): executed actions start at index To-1"
-        )
     if not cfg.chunked and cfg.n_action_steps != 1:
         raise ValueError(
             f"chunked=False predicts one action per step, so it needs n_action_steps == 1 "

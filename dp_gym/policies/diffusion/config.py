@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dp_gym.policies.base import ConfigDict
+from dp_gym.policies.base import ConfigDict, validate_policy_fields
 
 
 @dataclass
@@ -43,21 +43,8 @@ class DiffusionConfig(ConfigDict):
     num_inference_steps: int = 100
 
     def __post_init__(self) -> None:
-        self.obs_shapes = {str(k): [int(d) for d in v] for k, v in self.obs_shapes.items()}
+        validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps"))
         self.down_dims = [int(d) for d in self.down_dims]
-        if not self.obs_shapes:
-            raise ValueError("obs_shapes must name at least one observation key")
-        for key, shape in self.obs_shapes.items():
-            if len(shape) != 1 or shape[0] < 1:
-                raise ValueError(f"observation {key!r}: only low-dim (D,) shapes are supported here, got {shape}")
-        for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_train_timesteps", "num_inference_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_obs_steps + self.n_action_steps - 1 > self.horizon:
-            raise ValueError(
-                f"horizon ({self.horizon}) must cover n_obs_steps - 1 + n_action_steps "
-                f"({self.n_obs_steps - 1} + {self.n_action_steps}): executed actions start at index To-1"
-            )
         if self.denoiser not in ("unet", "transformer"):
             raise ValueError(f"denoiser must be 'unet' or 'transformer', got {self.denoiser!r}")
         if self.denoiser == "unet":
