@@ -50,6 +50,7 @@ class DiffusionAgent:
         self.policy = policy.to(self.device).eval()
         self.config = policy.config
         self.obs_shapes = {k: tuple(v) for k, v in self.config.obs_shapes.items()}
+        self._image_keys = {k for k, v in self.obs_shapes.items() if len(v) == 3}  # stay uint8 until the encoder
         self.n_obs_steps = self.config.n_obs_steps
         self.n_action_steps = self.config.n_action_steps
         self.env_history = env_history
@@ -104,7 +105,10 @@ class DiffusionAgent:
             if batched is not None and b != batched:
                 raise ValueError("observation keys disagree on whether the observation is batched")
             batched = b
-            if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            if key in self._image_keys:
+                if arr.dtype != np.uint8:
+                    raise TypeError(f"image observation {key!r} has dtype {arr.dtype}; expected uint8 (H, W, C) with values 0-255")
+            elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
                 raise TypeError(f"observation {key!r} has dtype {arr.dtype}; expected a numeric array")
             if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                 raise ValueError(f"observation {key!r} contains NaN or inf")
@@ -180,7 +184,7 @@ class DiffusionAgent:
             stacked = {k: v[env_ids] for k, v in obs.items()}
         else:
             stacked = {k: np.stack([np.stack([f[k] for f in self._histories[i]]) for i in env_ids]) for k in self.obs_shapes}
-        batch = {k: self._to_tensor(v) for k, v in stacked.items()}
+        batch = {k: self._to_tensor(v, keep_dtype=k in self._image_keys) for k, v in stacked.items()}
         shape = self.policy.noise_shape(**self.sample_kwargs) if hasattr(self.policy, "noise_shape") else None
         kwargs = dict(self.sample_kwargs)
         if shape is not None:
@@ -199,6 +203,6 @@ class DiffusionAgent:
             chunk = self.policy.predict_chunk(batch, **kwargs)
         return chunk.float().cpu().numpy()
 
-    def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
+    def _to_tensor(self, x: np.ndarray, keep_dtype: bool = False) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-        return t.float() if not t.is_floating_point() or t.dtype != torch.float32 else t
+        return t if keep_dtype or t.dtype == torch.float32 else t.float()

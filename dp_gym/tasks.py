@@ -55,6 +55,13 @@ def _pusht_state(data_dir: str | None) -> EpisodeData:
     return EpisodeData({"obs": state, "action": ep.arrays["action"].astype(np.float32)}, ep.episode_ends, ep.meta)
 
 
+def _pusht_image(data_dir: str | None) -> EpisodeData:
+    ep = read_zarr_replay(dataset_path(PUSHT_ZARR, data_dir), keys=["img", "state", "action"], uint8_keys=("img",))
+    agent_pos = ep.arrays["state"][:, :2].astype(np.float32)
+    return EpisodeData({"pixels": ep.arrays["img"], "agent_pos": agent_pos, "action": ep.arrays["action"].astype(np.float32)},
+                       ep.episode_ends, ep.meta)
+
+
 def _toy_bimodal(data_dir: str | None = None, n_episodes: int = 64, length: int = 16, seed: int = 0) -> EpisodeData:
     """Synthetic task with two equally good action modes: the observation is always 0 and each
     demonstration holds its action at +0.7 or at -0.7 (50/50, small jitter). A mean-regression
@@ -84,6 +91,15 @@ TASKS: dict[str, Task] = {
         obs_keys=("obs",),
         max_episode_steps=300,
         description="Push-T from [agent_xy, block_xy, block_angle]",
+    ),
+    "pusht_image": Task(
+        name="pusht_image",
+        env_id="dp_gym/PushT-v0",
+        env_kwargs={"obs_type": "pixels_agent_pos"},
+        load_dataset=_pusht_image,
+        obs_keys=("pixels", "agent_pos"),
+        max_episode_steps=300,
+        description="Push-T from the 96x96 RGB image (uint8) + agent position (paper: 'Push-T image')",
     ),
     "toy_bimodal": Task(
         name="toy_bimodal",

@@ -60,6 +60,7 @@ class TrainConfig:
     eval_every: int = 0  # rollouts in the env every N steps (0: never)
     eval_episodes: int = 10
     num_threads: int = 0  # torch CPU threads (0: torch default)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with loss scaling)
     resume: bool = False
     policy_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +69,10 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} requested but CUDA is not available")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and not self.device.startswith("cuda"):
+            raise ValueError("mixed_precision 'fp16' needs a CUDA device (use 'bf16' on CPU)")
 
 
 def build_policy_config(cfg: TrainConfig, obs_shapes: dict[str, list[int]], action_dim: int) -> dict[str, Any]:
@@ -149,10 +154,14 @@ def train(cfg: TrainConfig) -> Path:
     train_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=train_mask, **ds_kw)
     val_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=~train_mask, **ds_kw) if (~train_mask).any() else None
     train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
-    policy.fit_normalizers({k: v[torch.as_tensor(train_frames, device=device)] for k, v in tensors.items()})
+    frames_t = torch.as_tensor(train_frames, device=device)
+    policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)
+    # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.
+    amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed)
     n_params = sum(p.numel() for p in policy.parameters())
 
@@ -164,6 +173,8 @@ def train(cfg: TrainConfig) -> Path:
         ema.averaged.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("ema.")})
         restore_optimizer(opt, st, meta["optimizer"])
         sched.load_state_dict(meta["lr_scheduler"])
+        if meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         gen.set_state(st["rng.sampler"].cpu())
         torch.set_rng_state(st["rng.torch"].cpu())
         step = ema.step = meta["step"]
@@ -181,7 +192,8 @@ def train(cfg: TrainConfig) -> Path:
         tensors_out = {**{f"model.{k}": v for k, v in policy.state_dict().items()},
                        **{f"ema.{k}": v for k, v in ema.averaged.state_dict().items()},
                        **opt_t, "rng.sampler": gen.get_state(), "rng.torch": torch.get_rng_state()}
-        atomic_save_tensors(state_file, tensors_out, {"step": step, "optimizer": opt_meta, "lr_scheduler": sched.state_dict()})
+        atomic_save_tensors(state_file, tensors_out, {"step": step, "optimizer": opt_meta, "lr_scheduler": sched.state_dict(),
+                                                       "grad_scaler": scaler.state_dict()})
 
     @torch.no_grad()
     def validation_loss() -> float | None:
@@ -213,12 +225,14 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
     while step < cfg.steps:
         batch = train_set.sample(cfg.batch_size, gen)
-        loss = policy.compute_loss(batch)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = policy.compute_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         ema.update(policy)
         step += 1

@@ -228,3 +228,17 @@ def test_train_config_validation(tmp_path, toy_task):
         train(_cfg(tmp_path / "x", model_size="huge"))
     with pytest.raises(ValueError, match="unknown task"):
         train(_cfg(tmp_path / "y", task="no_such_task"))
+
+
+def test_mixed_precision_bf16_trains_and_fp16_needs_cuda(tmp_path, toy_task):
+    out = tmp_path / "bf16"
+    train(_cfg(out, steps=10, mixed_precision="bf16"))
+    rows = _rows(out)
+    assert rows[-1]["step"] == 10 and np.isfinite(rows[-1]["loss"])
+    policy, _ = load_policy(out / "checkpoints" / "latest")
+    assert all(p.dtype == torch.float32 for p in policy.parameters())  # autocast only, weights stay fp32
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="fp16.*CUDA"):
+            TrainConfig(mixed_precision="fp16")

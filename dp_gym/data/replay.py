@@ -47,8 +47,12 @@ class EpisodeData:
         return np.diff(np.concatenate([[0], self.episode_ends]))
 
 
-def read_zarr_replay(path: str | Path, keys: list[str] | None = None) -> EpisodeData:
+def read_zarr_replay(path: str | Path, keys: list[str] | None = None, uint8_keys: tuple[str, ...] = ()) -> EpisodeData:
     """Read a Diffusion Policy replay buffer (``data/<key>``, ``meta/episode_ends``) fully into memory.
+
+    ``uint8_keys``: image arrays stored as float 0-255 (Push-T's ``data/img``) are converted to
+    uint8 block by block (4x less memory than float32); values that are not whole numbers in
+    0..255 raise instead of being rounded silently.
 
     zarr silently returns the fill value (zeros) for chunks whose files are missing, which would
     corrupt training without any error. We therefore check that every chunk of every array we read
@@ -73,7 +77,16 @@ def read_zarr_replay(path: str | Path, keys: list[str] | None = None) -> Episode
 
     def load(arr, name: str) -> np.ndarray:
         _check_all_chunks_present(arr, f"{path}/{name}")
-        return arr[:]
+        if name.removeprefix("data/") not in uint8_keys or arr.dtype == np.uint8:
+            return arr[:]
+        out = np.empty(arr.shape, dtype=np.uint8)
+        step = max(1, arr.chunks[0])
+        for a in range(0, arr.shape[0], step):
+            block = arr[a : a + step]
+            if block.min() < 0 or block.max() > 255 or not np.array_equal(block, np.round(block)):
+                raise ValueError(f"{path}/{name}: frames {a}..{a + len(block)} are not whole numbers in 0..255; cannot store as uint8")
+            out[a : a + step] = block
+        return out
 
     ends = load(root["meta"]["episode_ends"], "meta/episode_ends").astype(np.int64)
     arrays = {k: load(root["data"][k], f"data/{k}") for k in keys}

@@ -30,20 +30,38 @@ class ConfigDict:
         return cls(**d)
 
     @property
+    def lowdim_keys(self) -> list[str]:
+        """Observation keys with a (D,) shape, concatenated (normalised) into the conditioning."""
+        return [k for k, s in self.obs_shapes.items() if len(s) == 1]  # type: ignore[attr-defined]
+
+    @property
+    def image_keys(self) -> list[str]:
+        """Observation keys with an (H, W, C) uint8 image shape, one encoder each."""
+        return [k for k, s in self.obs_shapes.items() if len(s) == 3]  # type: ignore[attr-defined]
+
+    @property
     def obs_feature_dim(self) -> int:
-        return sum(s[0] for s in self.obs_shapes.values())  # type: ignore[attr-defined]
+        """Per-step conditioning width: low-dim dims + ``image_feature_dim`` per camera."""
+        low = sum(self.obs_shapes[k][0] for k in self.lowdim_keys)  # type: ignore[attr-defined]
+        return low + len(self.image_keys) * int(getattr(self, "image_feature_dim", 0))
 
 
-def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = ()) -> None:
-    """Normalise and validate what every policy config has (raises ValueError): low-dim
-    ``obs_shapes``, positive ``action_dim`` / ``horizon`` / ``n_obs_steps`` / ``n_action_steps``
-    (and the extra names in ``positive``), and a horizon covering To-1+Ta."""
+def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_images: bool = False) -> None:
+    """Normalise and validate what every policy config has (raises ValueError): ``obs_shapes``
+    (low-dim ``(D,)``; with ``allow_images`` also ``(H, W, C)`` images with C in 1 or 3),
+    positive ``action_dim`` / ``horizon`` / ``n_obs_steps`` / ``n_action_steps`` (and the extra
+    names in ``positive``), and a horizon covering To-1+Ta."""
     cfg.obs_shapes = {str(k): [int(d) for d in v] for k, v in cfg.obs_shapes.items()}
     if not cfg.obs_shapes:
         raise ValueError("obs_shapes must name at least one observation key")
     for key, shape in cfg.obs_shapes.items():
-        if len(shape) != 1 or shape[0] < 1:
-            raise ValueError(f"observation {key!r}: only low-dim (D,) shapes are supported here, got {shape}")
+        is_lowdim = len(shape) == 1 and shape[0] >= 1
+        is_image = len(shape) == 3 and shape[2] in (1, 3) and min(shape) >= 1
+        if is_image and not allow_images:
+            raise ValueError(f"observation {key!r}: this policy takes only low-dim (D,) observations, got image shape {shape}")
+        if not (is_lowdim or is_image):
+            expected = "(D,) low-dim or (H, W, C) image with C in 1 or 3" if allow_images else "(D,) low-dim"
+            raise ValueError(f"observation {key!r}: expected a {expected} shape, got {shape}")
     for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", *positive):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -59,8 +77,14 @@ class NormalizedPolicy(nn.Module):
 
     def __init__(self, obs_shapes: dict[str, list[int]], action_dim: int) -> None:
         super().__init__()
-        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in obs_shapes.items()})
+        # Images are scaled to [-1, 1] by their encoder; only low-dim keys get min-max normalisers.
+        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in obs_shapes.items() if len(s) == 1})
         self.action_normalizer = MinMaxNormalizer(action_dim)
+
+    @property
+    def normalized_keys(self) -> list[str]:
+        """Keys whose data :meth:`fit_normalizers` needs (low-dim observations and ``action``)."""
+        return [*self.obs_normalizers, "action"]
 
     def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
         """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
@@ -69,5 +93,5 @@ class NormalizedPolicy(nn.Module):
         self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
 
     def normalized_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, To, D_k) per key → (B, To, sum D_k), normalised, keys in config order."""
+        """(B, To, D_k) per low-dim key → (B, To, sum D_k), normalised, keys in config order."""
         return torch.cat([self.obs_normalizers[k].normalize(obs[k].float()) for k in self.obs_normalizers], dim=-1)

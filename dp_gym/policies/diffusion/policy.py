@@ -9,10 +9,12 @@ from dp_gym.policies.base import NormalizedPolicy
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.scheduler import NoiseScheduler
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
+from dp_gym.policies.vision import ImageObsEncoder
 
 
 def check_obs(obs: dict[str, torch.Tensor], obs_shapes: dict[str, list[int]], n_obs_steps: int) -> None:
-    """Raise a clear error unless ``obs`` holds every key with shape (B, To, *shape), finite floats."""
+    """Raise a clear error unless ``obs`` holds every key with shape (B, To, *shape): finite floats
+    for low-dim keys, uint8 (H, W, C) images for image keys."""
     missing = [k for k in obs_shapes if k not in obs]
     if missing:
         raise KeyError(f"observation is missing keys {missing}; expected keys {list(obs_shapes)}, got {list(obs)}")
@@ -26,6 +28,10 @@ def check_obs(obs: dict[str, torch.Tensor], obs_shapes: dict[str, list[int]], n_
             batch = x.shape[0]
         elif x.shape[0] != batch:
             raise ValueError(f"observation {key!r} has batch {x.shape[0]}, others have {batch}")
+        if len(shape) == 3:
+            if x.dtype != torch.uint8:
+                raise TypeError(f"image observation {key!r} must be uint8 (H, W, C) with values 0-255, got {x.dtype}")
+            continue
         if not x.is_floating_point():
             raise TypeError(f"observation {key!r} must be a float tensor, got {x.dtype}")
         if not torch.isfinite(x).all():
@@ -58,14 +64,31 @@ class DiffusionPolicy(NormalizedPolicy):
                 p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn, n_cond_layers=c.n_cond_layers,
             )
         self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample)
+        self.image_encoder: ImageObsEncoder | None = None
+        if c.image_keys:
+            self.image_encoder = ImageObsEncoder(
+                {k: c.obs_shapes[k] for k in c.image_keys}, crop_shape=c.crop_shape, feature_dim=c.image_feature_dim,
+                num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size,
+            )
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk)."""
-        return self.normalized_obs(obs)
+        """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk):
+        image features of every camera (all B*To frames in one encoder pass), then the normalised
+        low-dim keys."""
+        feats = []
+        if self.image_encoder is not None:
+            images = {k: obs[k].flatten(0, 1) for k in self.config.image_keys}  # (B*To, H, W, C)
+            b, to = obs[self.config.image_keys[0]].shape[:2]
+            feats.append(self.image_encoder(images).reshape(b, to, -1))
+        if self.config.lowdim_keys:
+            feats.append(self.normalized_obs(obs))
+        return torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
 
     # --- training -------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        cond = self.encode_obs({k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes})
+        obs = {k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes}
+        check_obs(obs, self.config.obs_shapes, self.config.n_obs_steps)
+        cond = self.encode_obs(obs)
         x0 = self.action_normalizer.normalize(batch["action"])
         B = x0.shape[0]
         noise = torch.randn_like(x0)

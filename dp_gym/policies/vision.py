@@ -1,0 +1,159 @@
+"""Image observation encoder: ResNet-18 with GroupNorm and a spatial-softmax head, one per camera.
+
+Written in plain torch because no torchvision build works with the CPU torch we target (and we need
+GroupNorm instead of BatchNorm and spatial softmax instead of global pooling anyway, which would mean
+rewriting torchvision's ResNet after construction). The architecture follows the Diffusion Policy
+paper: ResNet-18 trunk trained from scratch, every BatchNorm replaced by GroupNorm with
+channels/16 groups, the global average pool replaced by spatial softmax (32 keypoints) and a
+linear projection to a per-camera feature (64-d by default).
+
+Images enter as uint8 ``(N, H, W, C)`` (what Gymnasium envs and our datasets hold) and are
+converted on the device: random crop in training, centre crop in eval, scaled to [-1, 1].
+
+>>> enc = ImageObsEncoder({"cam": (96, 96, 3)}, crop_shape=(84, 84))
+>>> feats = enc({"cam": torch.zeros(5, 96, 96, 3, dtype=torch.uint8)})
+>>> tuple(feats.shape)
+(5, 64)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int, group_size: int = 16) -> nn.GroupNorm:
+    """GroupNorm with ``channels / group_size`` groups (the paper: 16 channels per group)."""
+    if channels % group_size:
+        raise ValueError(f"GroupNorm: {channels} channels are not divisible by group size {group_size}")
+    return nn.GroupNorm(channels // group_size, channels)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convolutions + identity or 1x1 projection shortcut)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, group_size: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.norm1 = group_norm(out_ch, group_size)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.norm2 = group_norm(out_ch, group_size)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), group_norm(out_ch, group_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResNet18Trunk(nn.Module):
+    """ResNet-18 up to the last residual stage (no pooling, no classifier): (N, C, H, W) → (N, 512, h, w)."""
+
+    out_channels = 512
+
+    def __init__(self, in_channels: int = 3, group_size: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), group_norm(64, group_size), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        stages = []
+        in_ch = 64
+        for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(BasicBlock(in_ch, out_ch, stride, group_size), BasicBlock(out_ch, out_ch, 1, group_size)))
+            in_ch = out_ch
+        self.stages = nn.Sequential(*stages)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+
+class SpatialSoftmax(nn.Module):
+    """Keypoints from a feature map: a 1x1 conv gives ``num_keypoints`` heat maps, each is
+    softmax-normalised over space, and its expected (x, y) in [-1, 1] is returned: (N, 2K)."""
+
+    def __init__(self, in_channels: int, num_keypoints: int = 32) -> None:
+        super().__init__()
+        self.to_keypoints = nn.Conv2d(in_channels, num_keypoints, 1)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = feat.shape
+        heat = self.to_keypoints(feat).flatten(2)  # (N, K, h*w)
+        attn = torch.softmax(heat, dim=-1)
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, h, device=feat.device, dtype=attn.dtype),
+            torch.linspace(-1, 1, w, device=feat.device, dtype=attn.dtype),
+            indexing="ij",
+        )
+        grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # (h*w, 2)
+        return (attn @ grid).reshape(n, 2 * self.num_keypoints)
+
+
+def crop_images(images: torch.Tensor, crop_shape: tuple[int, int], random: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop ``(N, H, W, C)`` images to ``crop_shape``: an independent random window per image when
+    ``random``, else the centre window. Gathers with one vectorised index (no Python loop)."""
+    n, h, w, _ = images.shape
+    ch, cw = crop_shape
+    if ch > h or cw > w:
+        raise ValueError(f"crop {crop_shape} is larger than the image ({h}, {w})")
+    if (ch, cw) == (h, w):
+        return images
+    if not random:
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return images[:, top : top + ch, left : left + cw]
+    dev = images.device
+    top = torch.randint(0, h - ch + 1, (n,), generator=generator, device="cpu").to(dev)
+    left = torch.randint(0, w - cw + 1, (n,), generator=generator, device="cpu").to(dev)
+    rows = (top[:, None] + torch.arange(ch, device=dev))[:, :, None]  # (N, ch, 1)
+    cols = (left[:, None] + torch.arange(cw, device=dev))[:, None, :]  # (N, 1, cw)
+    return images[torch.arange(n, device=dev)[:, None, None], rows, cols]  # (N, ch, cw, C)
+
+
+class CameraEncoder(nn.Module):
+    """One camera: uint8 (N, H, W, C) → crop → [-1, 1] float (N, C, h, w) → ResNet-18 (GroupNorm) →
+    spatial softmax → linear → (N, feature_dim)."""
+
+    def __init__(self, image_shape: Sequence[int], crop_shape: Sequence[int] | None = (84, 84), feature_dim: int = 64,
+                 num_keypoints: int = 32, group_size: int = 16) -> None:
+        super().__init__()
+        h, w, c = (int(s) for s in image_shape)
+        self.image_shape = (h, w, c)
+        self.crop_shape = (h, w) if crop_shape is None else (int(crop_shape[0]), int(crop_shape[1]))
+        self.trunk = ResNet18Trunk(c, group_size)
+        self.keypoints = SpatialSoftmax(ResNet18Trunk.out_channels, num_keypoints)
+        self.project = nn.Linear(2 * num_keypoints, feature_dim)
+        self.feature_dim = feature_dim
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, C) → float (N, C, h, w) in [-1, 1], cropped (random in train mode)."""
+        x = crop_images(images, self.crop_shape, random=self.training)
+        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.keypoints(self.trunk(self.preprocess(images))))
+
+
+class ImageObsEncoder(nn.Module):
+    """One :class:`CameraEncoder` per image key; ``forward`` maps ``{key: uint8 (N, H, W, C)}`` to
+    the per-camera features concatenated in key order, (N, n_cameras * feature_dim)."""
+
+    def __init__(self, image_shapes: dict[str, Sequence[int]], crop_shape: Sequence[int] | None = (84, 84),
+                 feature_dim: int = 64, num_keypoints: int = 32, group_size: int = 16) -> None:
+        super().__init__()
+        if not image_shapes:
+            raise ValueError("ImageObsEncoder needs at least one image key")
+        self.cameras = nn.ModuleDict({
+            k: CameraEncoder(s, crop_shape, feature_dim, num_keypoints, group_size) for k, s in image_shapes.items()
+        })
+        self.feature_dim = feature_dim * len(image_shapes)
+
+    def forward(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([enc(images[k]) for k, enc in self.cameras.items()], dim=-1)
