@@ -7,6 +7,12 @@ Checkpoints (``<out>/checkpoints/latest`` and ``<out>/checkpoints/step_<n>``) ho
 (used for evaluation) in ``model.safetensors`` + ``config.json``; ``<out>/trainer_state.safetensors``
 holds raw weights, optimiser state and RNG so ``--resume`` continues exactly where a killed run
 stopped. Metrics go to ``<out>/metrics.jsonl`` and ``<out>/metrics.csv``.
+
+Several processes (DistributedDataParallel) with the same flags: ``--batch-size`` stays the global
+batch, split evenly; process 0 writes the logs and the one checkpoint::
+
+    torchrun --nproc_per_node 4 -m dp_gym.train --task pusht_image --device cuda --batch-size 256 ...
+    torchrun --nproc_per_node 2 -m dp_gym.train --task pusht_keypoints --device cpu ...   # gloo
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, save_policy
@@ -131,13 +140,53 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+class _LossModule(nn.Module):
+    """``forward(batch) = policy.compute_loss(batch)``, so DistributedDataParallel (which hooks the
+    wrapped module's ``forward``) can drive any policy's loss; parameters are the policy's own."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.policy.compute_loss(batch)
+
+
+def distributed_context(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) for this process. Under ``torchrun`` (WORLD_SIZE > 1) this joins
+    the process group: NCCL with one GPU per process (LOCAL_RANK) for CUDA, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, torch.device(device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        dev, backend = torch.device(device), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return rank, world, dev
+
+
+def _rng_states(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    st = {"sampler": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(device)
+    return st
+
+
 def train(cfg: TrainConfig) -> Path:
+    rank, world, device = distributed_context(cfg.device)
+    main_process = rank == 0
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes ({world})")
+    local_batch = cfg.batch_size // world
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed + rank)  # each process draws its own noise / timesteps / crops
     task = get_task(cfg.task)
 
     # --- data -----------------------------------------------------------------------------
@@ -162,7 +211,10 @@ def train(cfg: TrainConfig) -> Path:
     # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.
     amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)  # each process samples its own windows
+    model: nn.Module = _LossModule(policy)
+    if world > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_params = sum(p.numel() for p in policy.parameters())
 
     step = 0
@@ -175,15 +227,35 @@ def train(cfg: TrainConfig) -> Path:
         sched.load_state_dict(meta["lr_scheduler"])
         if meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
-        gen.set_state(st["rng.sampler"].cpu())
-        torch.set_rng_state(st["rng.torch"].cpu())
+        suffix = f".rank{rank}" if rank else ""
+        if f"rng.sampler{suffix}" not in st:
+            raise ValueError(f"{state_file} holds no RNG state for rank {rank}: resume with the number of processes that wrote it")
+        gen.set_state(st[f"rng.sampler{suffix}"].cpu())
+        torch.set_rng_state(st[f"rng.torch{suffix}"].cpu())
+        if device.type == "cuda" and f"rng.cuda{suffix}" in st:
+            torch.cuda.set_rng_state(st[f"rng.cuda{suffix}"].cpu(), device)
         step = ema.step = meta["step"]
-        print(f"resumed from {state_file} at step {step}")
-    elif cfg.resume:
+        if main_process:
+            print(f"resumed from {state_file} at step {step}")
+    elif cfg.resume and main_process:
         print(f"--resume given but {state_file} does not exist: starting from scratch")
-    atomic_write_json(out / "train_config.json", dataclasses.asdict(cfg))
+    if main_process:
+        atomic_write_json(out / "train_config.json", {**dataclasses.asdict(cfg), "world_size": world})
 
     def checkpoint(step: int) -> None:
+        # Every process's RNG state is kept (so a resumed multi-process run continues exactly);
+        # only process 0 writes.
+        states = _rng_states(gen, device)
+        if world > 1:
+            gathered = {}
+            for name, t in states.items():
+                parts: list[Any] = [None] * world
+                dist.all_gather_object(parts, t.cpu())
+                gathered.update({f"rng.{name}{f'.rank{r}' if r else ''}": parts[r].cpu() for r in range(world)})
+        else:
+            gathered = {f"rng.{name}": t for name, t in states.items()}
+        if not main_process:
+            return
         extra = {"task": cfg.task, "train_step": step, "train_config": dataclasses.asdict(cfg)}
         save_policy(ema.averaged, out / "checkpoints" / "latest", extra)
         if cfg.keep_every and step % cfg.keep_every == 0:
@@ -191,9 +263,9 @@ def train(cfg: TrainConfig) -> Path:
         opt_t, opt_meta = optimizer_tensors(opt)
         tensors_out = {**{f"model.{k}": v for k, v in policy.state_dict().items()},
                        **{f"ema.{k}": v for k, v in ema.averaged.state_dict().items()},
-                       **opt_t, "rng.sampler": gen.get_state(), "rng.torch": torch.get_rng_state()}
+                       **opt_t, **gathered}
         atomic_save_tensors(state_file, tensors_out, {"step": step, "optimizer": opt_meta, "lr_scheduler": sched.state_dict(),
-                                                       "grad_scaler": scaler.state_dict()})
+                                                       "grad_scaler": scaler.state_dict(), "world_size": world})
 
     @torch.no_grad()
     def validation_loss() -> float | None:
@@ -210,23 +282,26 @@ def train(cfg: TrainConfig) -> Path:
         return loss
 
     # --- loop -----------------------------------------------------------------------------
-    jsonl = open(out / "metrics.jsonl", "a")
+    # Only process 0 logs and writes; the others train and join the gradient all-reduce.
+    log_dir = out if main_process else None
+    jsonl = open(out / "metrics.jsonl", "a") if log_dir else None
     csv_path = out / "metrics.csv"
     new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="")
-    csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "loss", "val_loss", "lr", "samples_per_s", "eval_score", "eval_success", "wall_s"])
-    if new_csv:
+    csv_file = open(csv_path, "a", newline="") if log_dir else None
+    csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "loss", "val_loss", "lr", "samples_per_s", "eval_score", "eval_success", "wall_s"]) if csv_file else None
+    if csv_writer and new_csv:
         csv_writer.writeheader()
-    print(f"task={cfg.task} policy={cfg.policy} params={n_params / 1e6:.2f}M train_windows={len(train_set)} "
-          f"val_windows={len(val_set) if val_set else 0} device={device}")
+    if main_process:
+        print(f"task={cfg.task} policy={cfg.policy} params={n_params / 1e6:.2f}M train_windows={len(train_set)} "
+              f"val_windows={len(val_set) if val_set else 0} device={device} processes={world}")
     policy.train()
     t_start = t_last = time.perf_counter()
     losses: list[float] = []
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0, disable=not main_process)
     while step < cfg.steps:
-        batch = train_set.sample(cfg.batch_size, gen)
+        batch = train_set.sample(local_batch, gen)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = policy.compute_loss(batch)
+            loss = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -236,6 +311,10 @@ def train(cfg: TrainConfig) -> Path:
         sched.step()
         ema.update(policy)
         step += 1
+        if world > 1:  # log the mean loss over all processes' batches
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= world
         losses.append(loss.item())
         bar.update(1)
         row: dict[str, Any] = {}
@@ -245,17 +324,19 @@ def train(cfg: TrainConfig) -> Path:
             row = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "samples_per_s": sps, "wall_s": now - t_start}
             t_last, losses = now, []
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.0f}")
-        if cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+        if not main_process:
+            row = {}
+        elif cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["val_loss"] = validation_loss()
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if main_process and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             from dp_gym.benchmark import evaluate_policy_on_task
 
             res = evaluate_policy_on_task(ema.averaged, task, seeds=list(range(100_000, 100_000 + cfg.eval_episodes)), n_envs=min(cfg.eval_episodes, 10), data_dir=cfg.data_dir)
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["eval_score"], row["eval_success"] = res["mean_max_reward"], res["success_rate"]
             tqdm.write(f"step {step}: eval score {res['mean_max_reward']:.3f} success {res['success_rate']:.2f}")
-        if row:
+        if row and jsonl and csv_writer and csv_file:
             jsonl.write(json.dumps(row) + "\n")
             jsonl.flush()
             csv_writer.writerow({k: row.get(k) for k in csv_writer.fieldnames})
@@ -263,9 +344,14 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint(step)
     bar.close()
-    jsonl.close()
-    csv_file.close()
-    print(f"done: {step} steps; checkpoint at {out / 'checkpoints' / 'latest'}")
+    if jsonl and csv_file:
+        jsonl.close()
+        csv_file.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if main_process:
+        print(f"done: {step} steps; checkpoint at {out / 'checkpoints' / 'latest'}")
     return out / "checkpoints" / "latest"
 
 
