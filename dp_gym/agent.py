@@ -74,6 +74,22 @@ class DiffusionAgent:
         policy, _ = load_policy(path, device)
         return cls(policy, device=device, **kwargs)
 
+    def accelerate(self, mode: str = "cuda_graph", autocast: str = "no"):
+        """Run the diffusion policy's denoising loop compiled (``"compile"``), captured as one
+        CUDA graph (``"cuda_graph"``) or plain (``"eager"``), optionally under ``autocast``
+        ("bf16" | "fp16"), for the sampler in :attr:`sample_kwargs` (set those first). Falls back
+        to eager when the mode is unavailable; returns the
+        :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator` (see its
+        ``active_mode`` / ``fallback_reason``)."""
+        from dp_gym.policies.diffusion.accelerate import SamplingAccelerator
+
+        if not hasattr(self.policy, "denoiser"):
+            raise TypeError(f"accelerate() applies to diffusion policies, not {type(self.policy).__name__}")
+        acc = SamplingAccelerator(self.policy, mode, autocast, self.sample_kwargs.get("sampler"),
+                                  self.sample_kwargs.get("num_inference_steps"))
+        self.policy.accelerator = acc
+        return acc
+
     # --- observation handling -------------------------------------------------------------
     def _as_dict(self, observation: ObsType) -> dict[str, np.ndarray]:
         if isinstance(observation, dict):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from dp_gym.policies.base import NormalizedPolicy
+from dp_gym.policies.diffusion.accelerate import DenoisingLoop, SamplingAccelerator
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.scheduler import NoiseScheduler
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
@@ -64,6 +67,7 @@ class DiffusionPolicy(NormalizedPolicy):
                 p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn, n_cond_layers=c.n_cond_layers,
             )
         self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample)
+        self.accelerator: SamplingAccelerator | None = None  # see DiffusionAgent.accelerate
         self.image_encoder: ImageObsEncoder | None = None
         if c.image_keys:
             self.image_encoder = ImageObsEncoder(
@@ -113,11 +117,14 @@ class DiffusionPolicy(NormalizedPolicy):
         noise: torch.Tensor | None = None,
         sampler: str | None = None,
         num_inference_steps: int | None = None,
+        accelerator: SamplingAccelerator | None = None,
     ) -> torch.Tensor:
         """Sample a full (B, horizon, action_dim) action sequence in environment units.
 
         The Gaussian draws come from ``noise`` (B, *noise_shape()) when given (so callers can make
         each sample's randomness independent of the batch it is in), else from ``generator``.
+        ``accelerator`` (default: :attr:`accelerator`, set by ``DiffusionAgent.accelerate``) runs
+        the denoising loop compiled / graph-captured / autocast; it must match sampler and steps.
         """
         c = self.config
         check_obs(obs, c.obs_shapes, c.n_obs_steps)
@@ -125,24 +132,23 @@ class DiffusionPolicy(NormalizedPolicy):
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         steps = num_inference_steps or c.num_inference_steps
-        cond = self.encode_obs(obs)  # once per call, not per denoising step
+        acc = accelerator if accelerator is not None else self.accelerator
+        if acc is not None and not acc.matches(sampler, steps):
+            raise ValueError(f"the accelerator was built for {acc.sampler}-{acc.num_inference_steps}, "
+                             f"this call asks for {sampler}-{steps}")
+        with acc.autocast() if acc is not None else contextlib.nullcontext():
+            cond = self.encode_obs(obs)  # once per call, not per denoising step
         B, dev = cond.shape[0], cond.device
         draws_shape = (B, *self.noise_shape(steps, sampler))
         if noise is None:
-            noise = torch.randn(draws_shape, generator=generator, device=dev, dtype=cond.dtype)
+            noise = torch.randn(draws_shape, generator=generator, device=dev, dtype=torch.float32)
         elif tuple(noise.shape) != draws_shape:
             raise ValueError(f"noise must have shape {draws_shape}, got {tuple(noise.shape)}")
-        noise = noise.to(device=dev, dtype=cond.dtype)
-        x = noise[:, 0]
-        ts = self.scheduler.timesteps(steps)
-        t_batch = torch.empty(B, device=dev, dtype=torch.long)
-        for i, t in enumerate(ts):
-            prev_t = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = self.denoiser(x, t_batch.fill_(t), cond)
-            if sampler == "ddim":
-                x = self.scheduler.ddim_step(eps, t, x, prev_t)
-            else:
-                x = self.scheduler.ddpm_step(eps, t, x, noise[:, i + 1] if prev_t >= 0 else None, prev_t)
+        noise = noise.to(device=dev, dtype=torch.float32)
+        if acc is not None:
+            x = acc(cond, noise)
+        else:
+            x = DenoisingLoop(self.denoiser, self.scheduler, sampler, steps)(cond, noise)
         return self.action_normalizer.unnormalize(x)
 
     def predict_chunk(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None, **kw) -> torch.Tensor:
