@@ -116,3 +116,20 @@ def test_agent_accelerate_uses_sample_kwargs_and_checks_them():
     agent.sample_kwargs = {"sampler": "ddpm", "num_inference_steps": 5}
     with pytest.raises(ValueError, match="accelerator was built for ddim-5"):
         agent.predict(obs, episode_start=np.ones(2, bool))
+
+
+def test_perf_harness_writes_json_and_table(tmp_path):
+    import json
+
+    from dp_gym.perf import PerfConfig, run
+
+    cfg = PerfConfig(kinds="lowdim", sizes="small", samplers="ddim:2", modes="eager,cuda_graph", repeats=1, warmup=0,
+                     n_envs=2, skip="train,env", out_dir=str(tmp_path))
+    res = run(cfg, command="test")
+    rows = res["predict"]
+    if not torch.cuda.is_available():  # the fallback is recorded, not hidden
+        assert all(r["active_mode"] == "eager" and "CUDA" in r["fallback_reason"] for r in rows if r["mode"] == "cuda_graph")
+    assert {(r["batch"], r["mode"]) for r in rows} == {(1, "eager"), (2, "eager"), (1, "cuda_graph"), (2, "cuda_graph")}
+    assert all(r["ms_per_chunk"] > 0 and r["max_abs_diff_vs_eager_fp32"] == 0.0 for r in rows)
+    assert json.loads((tmp_path / "perf.json").read_text())["machine"]["torch"] == torch.__version__
+    assert "| lowdim | small | ddim-2 | 1 | eager | no | eager |" in (tmp_path / "perf.md").read_text()
