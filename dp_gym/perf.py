@@ -158,7 +158,6 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
                             rows.append(row)
                             print(f"predict {kind:6s} {size:5s} {row['sampler']:8s} b={batch:<3d} {mode}/{ac} "
                                   f"({acc.active_mode}): {ms:8.1f} ms  diff {row['max_abs_diff_vs_eager_fp32']:.2e}", flush=True)
-            del policy
     return rows
 
 
@@ -190,7 +189,6 @@ def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
                        "params_M": sum(p.numel() for p in policy.parameters()) / 1e6}
                 rows.append(row)
                 print(f"train   {kind:6s} {size:5s} {ac:4s} batch {cfg.train_batch}: {row['samples_per_s']:.1f} samples/s", flush=True)
-                del policy, opt
     return rows
 
 
