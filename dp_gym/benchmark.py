@@ -66,6 +66,26 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def p_k_metrics(counts: "np.ndarray | list[int]", k_max: int) -> dict[str, float]:
+    """Multi-task metrics from per-episode counts (e.g. completed kitchen tasks): ``p1..p{k_max}``
+    = fraction of episodes with at least k, and ``mean_completed`` = the mean count.
+
+    Example:
+        >>> p_k_metrics([0, 1, 4, 2], k_max=4)
+        {'p1': 0.75, 'p2': 0.5, 'p3': 0.25, 'p4': 0.25, 'mean_completed': 1.75}
+    """
+    c = np.asarray(counts)
+    if c.ndim != 1 or len(c) == 0:
+        raise ValueError(f"counts must be a non-empty 1-D sequence of per-episode counts, got shape {c.shape}")
+    if k_max < 1:
+        raise ValueError(f"k_max must be >= 1, got {k_max}")
+    if np.any(c < 0) or np.any(c != np.round(c)):
+        raise ValueError(f"counts must be non-negative integers, got {c.tolist()}")
+    out = {f"p{k}": float(np.mean(c >= k)) for k in range(1, k_max + 1)}
+    out["mean_completed"] = float(c.mean())
+    return out
+
+
 def make_vector_env(task: Task, n_envs: int, mode: str, render: bool) -> gym.vector.VectorEnv:
     kw = {"render_mode": "rgb_array"} if render else {}
     fns = [lambda: task.make_env(**kw) for _ in range(n_envs)]
@@ -91,6 +111,8 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
     max_reward = np.zeros(len(seeds))
     success = np.zeros(len(seeds), dtype=bool)
     length = np.zeros(len(seeds), dtype=int)
+    count = np.zeros(len(seeds), dtype=int)  # episode max of info[task.count_info_key], if the task has one
+    count_key = task.count_info_key
     frames: dict[int, list[np.ndarray]] = {}
     chunk_times: list[float] = []
 
@@ -144,11 +166,18 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
             length[ep] += 1
             if bool(info["is_success"][i]):
                 success[ep] = True
+            if count_key:
+                if count_key not in info:
+                    raise KeyError(f"task {task.name!r} counts info[{count_key!r}] but the env's info has keys {sorted(info)}")
+                count[ep] = max(count[ep], int(info[count_key][i]))
         if done.any():
             obs, _ = start(done)  # with reset_mask, the other envs keep their current observation
             episode_start = done.copy()
     env.close()
-    return {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
+    out = {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
+    if count_key:
+        out["count"] = count
+    return out
 
 
 def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
@@ -189,6 +218,9 @@ def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: 
         "rollout_wall_s": wall,
         "frames": r["frames"],
     }
+    if "count" in r:
+        res.update(p_k_metrics(r["count"], task.count_max))
+        res["per_episode"]["completed"] = r["count"].tolist()
     if latency_repeats:
         res["predict_latency_ms_median"] = measure_latency(agent, task, latency_repeats)
     return res
@@ -221,11 +253,20 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
 
     names = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(names), 3.6))
-    score = [results[n]["mean_max_reward"] for n in names]
-    sd = [float(results[n]["max_reward_std"]) / math.sqrt(results[n]["episodes"]) for n in names]
-    axes[0].bar(names, score, yerr=sd, capsize=4, color="tab:blue")
+    pk = sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+    if pk:  # multi-task count metric (kitchen): p1..pK per policy, grouped
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            axes[0].bar(np.arange(len(pk)) + j * width, [results[name].get(k, 0.0) for k in pk], width, label=name)
+        axes[0].set_xticks(np.arange(len(pk)) + 0.4 - width / 2, pk)
+        axes[0].legend(fontsize=7)
+        axes[0].set_title("fraction of episodes with >= k tasks")
+    else:
+        score = [results[n]["mean_max_reward"] for n in names]
+        sd = [float(results[n]["max_reward_std"]) / math.sqrt(results[n]["episodes"]) for n in names]
+        axes[0].bar(names, score, yerr=sd, capsize=4, color="tab:blue")
+        axes[0].set_title("mean max reward (±s.e.)")
     axes[0].set_ylim(0, 1.05)
-    axes[0].set_title("mean max reward (±s.e.)")
     sr = [results[n]["success_rate"] for n in names]
     err = np.array([[s - results[n]["success_ci95"][0], results[n]["success_ci95"][1] - s] for n, s in zip(names, sr)], dtype=float).T.clip(0)
     axes[1].bar(names, sr, yerr=err, capsize=4, color="tab:green")
@@ -240,13 +281,18 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    lines = ["| policy | episodes | mean max reward | success rate (95% CI) | mean ep. length | predict ms/chunk (batch 1) | rollout ms/chunk (batched) |",
-             "|---|---|---|---|---|---|---|"]
+    """Results table; tasks with a count metric (kitchen) get p1..pK and mean-completed columns
+    instead of the mean max reward."""
+    pk = sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+    score_head = " | ".join(pk + ["mean completed"]) if pk else "mean max reward"
+    lines = [f"| policy | episodes | {score_head} | success rate (95% CI) | mean ep. length | predict ms/chunk (batch 1) | rollout ms/chunk (batched) |",
+             "|---|---|" + "---|" * (len(pk) + 1 if pk else 1) + "---|---|---|---|"]
     for name, r in results.items():
         lat = r.get("predict_latency_ms_median")
         roll = r.get("rollout_chunk_ms_median")
+        score = " | ".join([f"{r.get(k, float('nan')):.2f}" for k in pk] + [f"{r.get('mean_completed', float('nan')):.2f}"]) if pk else f"{r['mean_max_reward']:.3f}"
         lines.append(
-            f"| {name} | {r['episodes']} | {r['mean_max_reward']:.3f} | {r['success_rate']:.2f} "
+            f"| {name} | {r['episodes']} | {score} | {r['success_rate']:.2f} "
             f"[{r['success_ci95'][0]:.2f}, {r['success_ci95'][1]:.2f}] | {r['mean_episode_length']:.1f} | "
             f"{'' if lat is None else f'{lat:.1f}'} | {'' if roll is None else f'{roll:.1f}'} |"
         )
@@ -290,7 +336,8 @@ def run(cfg: BenchmarkConfig) -> dict[str, dict]:
                    sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
                    num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")))
         results[name] = res
-        print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}, success {res['success_rate']:.2f} {res['success_ci95']}")
+        pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
+        print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} {res['success_ci95']}")
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "device": cfg.device}
     atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "machine": machine, "results": results})

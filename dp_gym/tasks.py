@@ -16,6 +16,7 @@ from dp_gym.data.replay import EpisodeData, read_zarr_replay
 from dp_gym.paths import dataset_path
 
 PUSHT_ZARR = "pusht/pusht_cchi_v7_replay.zarr"
+KITCHEN_COMPLETE_HDF5 = "kitchen/kitchen_complete-v0.hdf5"
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class Task:
     # Metric: which info key holds the per-step score that is maximised over the episode
     # (Push-T: coverage reward), and whether success is read from info["is_success"].
     score_name: str = "max_reward"
+    # Optional per-episode count metric (Franka Kitchen: completed tasks): the info key whose episode
+    # maximum is recorded, and the largest possible count; results then get p1..pK and mean_<count>.
+    count_info_key: str | None = None
+    count_max: int = 0
     description: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +65,13 @@ def _pusht_image(data_dir: str | None) -> EpisodeData:
     agent_pos = ep.arrays["state"][:, :2].astype(np.float32)
     return EpisodeData({"pixels": ep.arrays["img"], "agent_pos": agent_pos, "action": ep.arrays["action"].astype(np.float32)},
                        ep.episode_ends, ep.meta)
+
+
+def _kitchen_complete(data_dir: str | None) -> EpisodeData:
+    from dp_gym.data.d4rl import read_d4rl_hdf5
+
+    ep = read_d4rl_hdf5(dataset_path(KITCHEN_COMPLETE_HDF5, data_dir))
+    return EpisodeData({"obs": ep.arrays["obs"], "action": ep.arrays["action"]}, ep.episode_ends, ep.meta)
 
 
 def _toy_bimodal(data_dir: str | None = None, n_episodes: int = 64, length: int = 16, seed: int = 0) -> EpisodeData:
@@ -100,6 +112,17 @@ TASKS: dict[str, Task] = {
         obs_keys=("pixels", "agent_pos"),
         max_episode_steps=300,
         description="Push-T from the 96x96 RGB image (uint8) + agent position (paper: 'Push-T image')",
+    ),
+    "kitchen_complete": Task(
+        name="kitchen_complete",
+        env_id="dp_gym/FrankaKitchen-v0",
+        env_kwargs={},  # tasks: microwave, kettle, light switch, slide cabinet; 280 steps
+        load_dataset=_kitchen_complete,
+        obs_keys=("obs",),
+        max_episode_steps=280,
+        count_info_key="n_completed",
+        count_max=4,
+        description="Franka Kitchen (D4RL kitchen-complete-v0, 19 demos): microwave, kettle, light switch, slide cabinet",
     ),
     "toy_bimodal": Task(
         name="toy_bimodal",
