@@ -14,6 +14,16 @@ if "dp_gym/PushT-v0" not in gym.registry:
     # behaves the same when constructed directly; no extra TimeLimit wrapper.
     gym.register("dp_gym/PushT-v0", entry_point="dp_gym.envs.pusht:PushTEnv", max_episode_steps=None,
                  disable_env_checker=True)
+if "dp_gym/FrankaKitchen-v0" not in gym.registry:
+    # String entry point: gymnasium-robotics / mujoco ([kitchen] extra) are imported only on gym.make.
+    gym.register("dp_gym/FrankaKitchen-v0", entry_point="dp_gym.envs.kitchen:FrankaKitchenD4RLEnv",
+                 max_episode_steps=None, disable_env_checker=True)
+# robomimic tasks on robosuite ([robosuite] extra, imported only on gym.make); the env truncates
+# at the paper's evaluation horizon itself.
+for _rs_task in ("Lift", "PickPlaceCan", "NutAssemblySquare", "TwoArmTransport", "ToolHang"):
+    if f"dp_gym/{_rs_task}-v0" not in gym.registry:
+        gym.register(f"dp_gym/{_rs_task}-v0", entry_point="dp_gym.envs.robosuite_env:RobosuiteEnv",
+                     kwargs={"task": _rs_task}, max_episode_steps=None, disable_env_checker=True)
 
 from dp_gym.agent import DiffusionAgent  # noqa: E402
 
