@@ -74,6 +74,40 @@ def _kitchen_complete(data_dir: str | None) -> EpisodeData:
     return EpisodeData({"obs": ep.arrays["obs"], "action": ep.arrays["action"]}, ep.episode_ends, ep.meta)
 
 
+ROBOMIMIC_LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
+ROBOMIMIC_CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
+
+
+def _robomimic_reader(rel_path: str, obs_keys: tuple[str, ...]) -> Callable[[str | None], EpisodeData]:
+    """Reader of a robomimic-layout HDF5 file under the data directory: our scripted demos
+    (``python -m dp_gym.collect --task lift --out <data>/robosuite/lift.hdf5``) or, renamed to that
+    path, robomimic's released ``low_dim`` / ``image`` files."""
+
+    def load(data_dir: str | None) -> EpisodeData:
+        from dp_gym.data.robomimic import read_robomimic_hdf5
+
+        return read_robomimic_hdf5(dataset_path(rel_path, data_dir), obs_keys=obs_keys)
+
+    return load
+
+
+def _robosuite_tasks() -> dict[str, Task]:
+    tasks = {}
+    for name, env_task, horizon in (("lift", "Lift", 400), ("can", "PickPlaceCan", 400), ("square", "NutAssemblySquare", 400)):
+        tasks[f"{name}_state"] = Task(
+            name=f"{name}_state", env_id=f"dp_gym/{env_task}-v0", env_kwargs={}, max_episode_steps=horizon,
+            load_dataset=_robomimic_reader(f"robosuite/{name}.hdf5", ROBOMIMIC_LOWDIM_KEYS), obs_keys=ROBOMIMIC_LOWDIM_KEYS,
+            description=f"robomimic {env_task} (Panda, OSC_POSE delta actions) from low-dim state; success rate",
+        )
+        keys = ROBOMIMIC_CAMERAS + ROBOMIMIC_LOWDIM_KEYS[:3]
+        tasks[f"{name}_image"] = Task(
+            name=f"{name}_image", env_id=f"dp_gym/{env_task}-v0", env_kwargs={"cameras": ("agentview", "robot0_eye_in_hand")},
+            max_episode_steps=horizon, load_dataset=_robomimic_reader(f"robosuite/{name}_image.hdf5", keys), obs_keys=keys,
+            description=f"robomimic {env_task} from agentview + eye-in-hand 84x84 images and proprioception",
+        )
+    return tasks
+
+
 def _toy_bimodal(data_dir: str | None = None, n_episodes: int = 64, length: int = 16, seed: int = 0) -> EpisodeData:
     """Synthetic task with two equally good action modes: the observation is always 0 and each
     demonstration holds its action at +0.7 or at -0.7 (50/50, small jitter). A mean-regression
@@ -134,6 +168,9 @@ TASKS: dict[str, Task] = {
         description="two equally good action modes (+0.7 / -0.7) for the same observation",
     ),
 }
+
+
+TASKS.update(_robosuite_tasks())
 
 
 def get_task(name: str) -> Task:

@@ -445,3 +445,29 @@ def test_async_vector_env_spawn(rs) -> None:
         assert obs["object"].shape == (2, 10)
     finally:
         venv.close()
+
+
+def test_robosuite_tasks_read_robomimic_files_under_the_data_dir(tmp_path: Path) -> None:
+    pytest.importorskip("h5py")
+    from dp_gym.data.robomimic import RobomimicEpisode, write_robomimic_hdf5
+    from dp_gym.paths import DatasetNotFoundError
+    from dp_gym.tasks import ROBOMIMIC_LOWDIM_KEYS, get_task
+
+    rng = np.random.default_rng(0)
+    sizes = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2, "object": 10}
+    eps = [RobomimicEpisode(obs={k: rng.normal(size=(t, d)).astype(np.float32) for k, d in sizes.items()},
+                            actions=rng.normal(size=(t, 7)).astype(np.float32), states=rng.normal(size=(t, 9)))
+           for t in (5, 7)]
+    (tmp_path / "robosuite").mkdir()
+    write_robomimic_hdf5(tmp_path / "robosuite" / "lift.hdf5", eps, env_args={"env_name": "Lift"})
+    task = get_task("lift_state")
+    assert task.env_id == "dp_gym/Lift-v0" and task.max_episode_steps == 400 and task.obs_keys == ROBOMIMIC_LOWDIM_KEYS
+    ep = task.load_dataset(str(tmp_path))
+    assert list(ep.episode_ends) == [5, 12]
+    assert {k: ep.arrays[k].shape[1:] for k in ROBOMIMIC_LOWDIM_KEYS} == {k: (d,) for k, d in sizes.items()}
+    assert ep.arrays["action"].shape == (12, 7)
+    with pytest.raises((DatasetNotFoundError, FileNotFoundError), match="can.hdf5"):
+        get_task("can_state").load_dataset(str(tmp_path))
+    image_task = get_task("square_image")
+    assert image_task.env_kwargs["cameras"] == ("agentview", "robot0_eye_in_hand")  # -> <camera>_image obs keys
+    assert image_task.obs_keys[:2] == ("agentview_image", "robot0_eye_in_hand_image")
