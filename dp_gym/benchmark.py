@@ -40,6 +40,8 @@ class BenchmarkConfig:
     device: str = "cpu"
     sampler: str | None = None  # override the checkpoint's sampler: ddpm | ddim
     num_inference_steps: int | None = None
+    accelerate: str = "eager"  # diffusion only: eager | compile | cuda_graph (see DiffusionAgent.accelerate)
+    autocast: str = "no"  # diffusion only: no | bf16 | fp16
     deterministic: bool = True
     videos: int = 3  # record the first N episodes per policy
     latency_repeats: int = 20
@@ -321,6 +323,10 @@ def run(cfg: BenchmarkConfig) -> dict[str, dict]:
                 agent.sample_kwargs["sampler"] = cfg.sampler
             if cfg.num_inference_steps:
                 agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+            if cfg.accelerate != "eager" or cfg.autocast != "no":
+                acc = agent.accelerate(cfg.accelerate, cfg.autocast)
+                print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
+                      + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
         elif cfg.sampler or cfg.num_inference_steps:
             print(f"[{name}] note: --sampler / --num-inference-steps apply to diffusion policies only; ignored for {policy.policy_type!r}")
         print(f"[{name}] {path}: {len(seeds)} episodes, {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
@@ -358,6 +364,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--accelerate", default="eager", choices=["eager", "compile", "cuda_graph"],
+                   help="diffusion only: compile or CUDA-graph the denoising loop (eager fallback)")
+    p.add_argument("--autocast", default="no", choices=["no", "bf16", "fp16"], help="diffusion only: autocast dtype")
     p.add_argument("--stochastic", action="store_true", help="non-reproducible sampling noise")
     p.add_argument("--videos", type=int, default=3)
     p.add_argument("--latency-repeats", type=int, default=20)
@@ -366,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-threads", type=int, default=0)
     a = p.parse_args(argv)
     cfg = BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
-                          sampler=a.sampler, num_inference_steps=a.num_inference_steps, deterministic=not a.stochastic,
+                          sampler=a.sampler, num_inference_steps=a.num_inference_steps, accelerate=a.accelerate,
+                          autocast=a.autocast, deterministic=not a.stochastic,
                           videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)
     run(cfg)
