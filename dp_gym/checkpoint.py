@@ -24,7 +24,7 @@ os.umask(_UMASK)
 META_KEY = "dp_gym"
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it
     over ``path``: readers see the old file or the new one, never a torn one."""
     path = Path(path)
@@ -44,7 +44,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -53,7 +53,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta or {})}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta or {})}))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dp_gym.checkpoint import atomic_write_json
 
 __all__ = ["EpisodeResult", "run_expert_episode", "collect", "main"]
 
@@ -193,16 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "strategies": json.dumps([r.strategy for r in ok])})
         print(f"wrote {len(ok)} demos to {args.out}")
     if args.stats_json:
-        Path(args.stats_json).parent.mkdir(parents=True, exist_ok=True)
         stats = {"task": args.task, "seeds": [seeds[0], seeds[-1] + 1], "attempts": len(results),
                  "successes": len(ok), "success_rate": rate, "per_strategy": by_strategy, "wall_s": wall,
                  "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy}
                               for r in results],
                  "command": "python -m dp_gym.collect " + " ".join(argv if argv is not None else sys.argv[1:])}
-        tmp = args.stats_json + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=1)
-        os.replace(tmp, args.stats_json)
+        atomic_write_json(Path(args.stats_json), stats)
     return 0
 
 

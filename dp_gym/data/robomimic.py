@@ -33,15 +33,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dp_gym.checkpoint import atomic_write
 from dp_gym.data.replay import EpisodeData
 
 __all__ = [
@@ -136,12 +135,10 @@ def write_robomimic_hdf5(
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if "env_name" not in env_args:
         raise KeyError(f"env_args must contain 'env_name' (and 'type', 'env_kwargs'); got keys {sorted(env_args)}")
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         total = 0
         names: list[str] = []
         with h5py.File(tmp, "w") as f:
@@ -191,14 +188,8 @@ def write_robomimic_hdf5(
                     if bad:
                         raise IndexError(f"mask {key!r}: demo indices {bad} out of range 0..{len(names) - 1}")
                     mask.create_dataset(key, data=np.array([names[j] for j in idx], dtype="S"))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(path, write)  # temp file in the same folder, fsync, rename
 
 
 def read_env_args(path: str | Path) -> dict[str, Any]:
