@@ -50,7 +50,7 @@ class DiffusionAgent:
         self.policy = policy.to(self.device).eval()
         self.config = policy.config
         self.obs_shapes = {k: tuple(v) for k, v in self.config.obs_shapes.items()}
-        self._image_keys = {k for k, v in self.obs_shapes.items() if len(v) == 3}  # stay uint8 until the encoder
+        self._image_keys = set(self.config.image_keys)  # stay uint8 until the encoder
         self.n_obs_steps = self.config.n_obs_steps
         self.n_action_steps = self.config.n_action_steps
         self.env_history = env_history

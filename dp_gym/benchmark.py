@@ -19,7 +19,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -86,6 +86,27 @@ def p_k_metrics(counts: "np.ndarray | list[int]", k_max: int) -> dict[str, float
     out = {f"p{k}": float(np.mean(c >= k)) for k in range(1, k_max + 1)}
     out["mean_completed"] = float(c.mean())
     return out
+
+
+def p_k_columns(results: dict[str, dict]) -> list[str]:
+    """The ``p1..pK`` keys present in any policy's results, in order of k (empty for tasks
+    without a count metric)."""
+    return sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+
+
+def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time (ms) of ``fn`` after ``warmup`` calls, synchronising CUDA around each call."""
+    times = []
+    for r in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if r >= warmup:
+            times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
 
 
 def make_vector_env(task: Task, n_envs: int, mode: str, render: bool) -> gym.vector.VectorEnv:
@@ -187,16 +208,9 @@ def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup
     env = task.make_env()
     obs, _ = env.reset(seed=0)
     env.close()
-    times = []
-    for r in range(warmup + repeats):
-        t0 = time.perf_counter()
-        agent.predict(obs, episode_start=np.array([True]), deterministic=True)
-        if agent.device.type == "cuda":
-            torch.cuda.synchronize()
-        if r >= warmup:
-            times.append(time.perf_counter() - t0)
+    ms = median_ms(lambda: agent.predict(obs, episode_start=np.array([True]), deterministic=True), agent.device, repeats, warmup)
     agent.reset()
-    return 1000 * float(np.median(times))
+    return ms
 
 
 def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
@@ -255,7 +269,7 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
 
     names = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(4 + 1.6 * len(names), 3.6))
-    pk = sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+    pk = p_k_columns(results)
     if pk:  # multi-task count metric (kitchen): p1..pK per policy, grouped
         width = 0.8 / len(names)
         for j, name in enumerate(names):
@@ -285,7 +299,7 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
 def markdown_table(results: dict[str, dict]) -> str:
     """Results table; tasks with a count metric (kitchen) get p1..pK and mean-completed columns
     instead of the mean max reward."""
-    pk = sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+    pk = p_k_columns(results)
     score_head = " | ".join(pk + ["mean completed"]) if pk else "mean max reward"
     lines = [f"| policy | episodes | {score_head} | success rate (95% CI) | mean ep. length | predict ms/chunk (batch 1) | rollout ms/chunk (batched) |",
              "|---|---|" + "---|" * (len(pk) + 1 if pk else 1) + "---|---|---|---|"]

@@ -24,19 +24,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from dp_gym.benchmark import median_ms
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.policies import make_policy, model_sizes
-from dp_gym.policies.diffusion.accelerate import SamplingAccelerator
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator
 
 
 @dataclass
@@ -80,21 +80,6 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
     return desc
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time (ms) of ``fn`` after ``warmup`` calls, synchronising CUDA around each call."""
-    times = []
-    for r in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r >= warmup:
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def build_policy(kind: str, size: str, device: torch.device):
@@ -148,7 +133,7 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
                                 t0 = time.perf_counter()
                                 out = run()  # first call: compilation / graph capture
                                 first_ms = 1000 * (time.perf_counter() - t0)
-                                ms = timed(run, device, cfg.repeats, cfg.warmup)
+                                ms = median_ms(run, device, cfg.repeats, cfg.warmup)
                             row = {"kind": kind, "size": size, "sampler": f"{sampler}-{steps}", "batch": batch,
                                    "mode": mode, "autocast": ac, "active_mode": acc.active_mode, "ms_per_chunk": ms,
                                    "first_call_ms": first_ms,
@@ -166,7 +151,7 @@ def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
             for ac in [a for a in cfg.autocast.split(",") if a]:
-                dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[ac]
+                dtype = AUTOCAST_DTYPES[ac]
                 if ac == "fp16" and device.type != "cuda":
                     continue
                 policy = build_policy(kind, size, device).train()
@@ -183,7 +168,7 @@ def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
                     scaler.step(opt)
                     scaler.update()
 
-                ms = timed(step, device, cfg.train_steps, cfg.warmup)
+                ms = median_ms(step, device, cfg.train_steps, cfg.warmup)
                 row = {"kind": kind, "size": size, "autocast": ac, "batch": cfg.train_batch, "ms_per_step": ms,
                        "samples_per_s": cfg.train_batch / (ms / 1000),
                        "params_M": sum(p.numel() for p in policy.parameters()) / 1e6}

@@ -39,6 +39,7 @@ from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_tenso
 from dp_gym.data.sequence import SequenceDataset, split_episodes
 from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES
 from dp_gym.tasks import get_task
 
 
@@ -209,7 +210,7 @@ def train(cfg: TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)
     # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.
-    amp_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+    amp_dtype = AUTOCAST_DTYPES[cfg.mixed_precision]
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.mixed_precision == "fp16")
     gen = torch.Generator().manual_seed(cfg.seed + rank)  # each process samples its own windows
     model: nn.Module = _LossModule(policy)
@@ -251,7 +252,7 @@ def train(cfg: TrainConfig) -> Path:
             for name, t in states.items():
                 parts: list[Any] = [None] * world
                 dist.all_gather_object(parts, t.cpu())
-                gathered.update({f"rng.{name}{f'.rank{r}' if r else ''}": parts[r].cpu() for r in range(world)})
+                gathered.update({f"rng.{name}{f'.rank{r}' if r else ''}": parts[r] for r in range(world)})
         else:
             gathered = {f"rng.{name}": t for name, t in states.items()}
         if not main_process:
@@ -283,14 +284,14 @@ def train(cfg: TrainConfig) -> Path:
 
     # --- loop -----------------------------------------------------------------------------
     # Only process 0 logs and writes; the others train and join the gradient all-reduce.
-    log_dir = out if main_process else None
-    jsonl = open(out / "metrics.jsonl", "a") if log_dir else None
-    csv_path = out / "metrics.csv"
-    new_csv = not csv_path.exists()
-    csv_file = open(csv_path, "a", newline="") if log_dir else None
-    csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "loss", "val_loss", "lr", "samples_per_s", "eval_score", "eval_success", "wall_s"]) if csv_file else None
-    if csv_writer and new_csv:
-        csv_writer.writeheader()
+    if main_process:
+        jsonl = open(out / "metrics.jsonl", "a")
+        csv_path = out / "metrics.csv"
+        new_csv = not csv_path.exists()
+        csv_file = open(csv_path, "a", newline="")
+        csv_writer = csv.DictWriter(csv_file, fieldnames=["step", "loss", "val_loss", "lr", "samples_per_s", "eval_score", "eval_success", "wall_s"])
+        if new_csv:
+            csv_writer.writeheader()
     if main_process:
         print(f"task={cfg.task} policy={cfg.policy} params={n_params / 1e6:.2f}M train_windows={len(train_set)} "
               f"val_windows={len(val_set) if val_set else 0} device={device} processes={world}")
@@ -311,22 +312,21 @@ def train(cfg: TrainConfig) -> Path:
         sched.step()
         ema.update(policy)
         step += 1
-        if world > 1:  # log the mean loss over all processes' batches
-            loss = loss.detach().clone()
-            dist.all_reduce(loss)
-            loss /= world
         losses.append(loss.item())
         bar.update(1)
         row: dict[str, Any] = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             sps = cfg.batch_size * len(losses) / max(now - t_last, 1e-9)
-            row = {"step": step, "loss": float(np.mean(losses)), "lr": sched.get_last_lr()[0], "samples_per_s": sps, "wall_s": now - t_start}
+            mean_loss = float(np.mean(losses))
+            if world > 1:  # log the mean over all processes' batches (one all-reduce per log row)
+                total = torch.tensor(mean_loss, dtype=torch.float64, device=device)
+                dist.all_reduce(total)
+                mean_loss = total.item() / world
+            row = {"step": step, "loss": mean_loss, "lr": sched.get_last_lr()[0], "samples_per_s": sps, "wall_s": now - t_start}
             t_last, losses = now, []
             bar.set_postfix(loss=f"{row['loss']:.4f}", sps=f"{sps:.0f}")
-        if not main_process:
-            row = {}
-        elif cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
+        if main_process and cfg.val_every and (step % cfg.val_every == 0 or step == cfg.steps):
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["val_loss"] = validation_loss()
         if main_process and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -336,7 +336,7 @@ def train(cfg: TrainConfig) -> Path:
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["eval_score"], row["eval_success"] = res["mean_max_reward"], res["success_rate"]
             tqdm.write(f"step {step}: eval score {res['mean_max_reward']:.3f} success {res['success_rate']:.2f}")
-        if row and jsonl and csv_writer and csv_file:
+        if row and main_process:
             jsonl.write(json.dumps(row) + "\n")
             jsonl.flush()
             csv_writer.writerow({k: row.get(k) for k in csv_writer.fieldnames})
@@ -344,7 +344,7 @@ def train(cfg: TrainConfig) -> Path:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint(step)
     bar.close()
-    if jsonl and csv_file:
+    if main_process:
         jsonl.close()
         csv_file.close()
     if world > 1:
