@@ -78,14 +78,17 @@ ROBOMIMIC_LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qp
 ROBOMIMIC_CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
 
 
-def _robomimic_reader(rel_path: str, obs_keys: tuple[str, ...]) -> Callable[[str | None], EpisodeData]:
+def _robomimic_reader(rel_path: str, obs_keys: tuple[str, ...], absolute: bool = False) -> Callable[[str | None], EpisodeData]:
     """Reader of a robomimic-layout HDF5 file under the data directory: our scripted demos
     (``python -m dp_gym.collect --task lift --out <data>/robosuite/lift.hdf5``) or, renamed to that
-    path, robomimic's released ``low_dim`` / ``image`` files."""
+    path, robomimic's released ``low_dim`` / ``image`` files. ``absolute``: read the absolute pose
+    actions our collector stores as ``actions_abs`` (axis-angle), converted to the env's rot6d layout."""
 
     def load(data_dir: str | None) -> EpisodeData:
         from dp_gym.data.robomimic import read_robomimic_hdf5
 
+        if absolute:
+            return read_robomimic_hdf5(dataset_path(rel_path, data_dir), obs_keys=obs_keys, action_key="actions_abs", abs_rot6d=True)
         return read_robomimic_hdf5(dataset_path(rel_path, data_dir), obs_keys=obs_keys)
 
     return load
@@ -98,6 +101,14 @@ def _robosuite_tasks() -> dict[str, Task]:
             name=f"{name}_state", env_id=f"dp_gym/{env_task}-v0", env_kwargs={}, max_episode_steps=horizon,
             load_dataset=_robomimic_reader(f"robosuite/{name}.hdf5", ROBOMIMIC_LOWDIM_KEYS), obs_keys=ROBOMIMIC_LOWDIM_KEYS,
             description=f"robomimic {env_task} (Panda, OSC_POSE delta actions) from low-dim state; success rate",
+        )
+        # The paper's choice for diffusion policy: absolute end-effector pose targets ("position
+        # control"), which it found far better than delta ("velocity") actions.
+        tasks[f"{name}_state_abs"] = Task(
+            name=f"{name}_state_abs", env_id=f"dp_gym/{env_task}-v0", env_kwargs={"action_mode": "absolute"},
+            max_episode_steps=horizon, obs_keys=ROBOMIMIC_LOWDIM_KEYS,
+            load_dataset=_robomimic_reader(f"robosuite/{name}.hdf5", ROBOMIMIC_LOWDIM_KEYS, absolute=True),
+            description=f"robomimic {env_task} from low-dim state with absolute pose actions (pos + rot6d + gripper)",
         )
         keys = ROBOMIMIC_CAMERAS + ROBOMIMIC_LOWDIM_KEYS[:3]
         tasks[f"{name}_image"] = Task(
