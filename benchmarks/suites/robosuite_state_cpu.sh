@@ -29,7 +29,7 @@ dp)
         --data-dir "$DATA" --out-dir "runs/${TASK}${SUFFIX}_dp_small" --resume ;;
 bc)
     python -m dp_gym.train --task "${TASK}_state${SUFFIX}" --policy bc --model-size medium \
-        --steps 10000 --batch-size 64 --checkpoint-every 2500 --log-every 500 --val-every 2500 \
+        --steps 5000 --batch-size 64 --checkpoint-every 2500 --log-every 500 --val-every 2500 \
         --num-threads "$THREADS" --data-dir "$DATA" --out-dir "runs/${TASK}${SUFFIX}_bc" --resume ;;
 eval-dp)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
