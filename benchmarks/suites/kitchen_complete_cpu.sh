@@ -31,3 +31,13 @@ python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-env
     --policy dp_unet_small_ddpm100=runs/kitchen_dp_small/checkpoints/latest \
     --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
     --out-dir "$OUT/ddpm100"
+
+# Session 3: the same model trained 3x longer (started with --steps 30000 and resumed at its
+# step-5000 checkpoint with --steps 18000, so the cosine schedule reaches 0 within the budget), DDPM-100.
+python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
+    --steps 18000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 5000 --log-every 200 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_30k --resume
+python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+    --policy dp_unet_small_18k_ddpm100=runs/kitchen_dp_small_30k/checkpoints/latest \
+    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
+    --out-dir "$OUT/dp18k_ddpm100"
