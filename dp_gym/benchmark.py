@@ -168,7 +168,6 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
     agent.reset(n_envs)
     obs, info = start(np.ones(n_envs, dtype=bool))
     episode_start = np.ones(n_envs, dtype=bool)
-    action_dim = env.single_action_space.shape
     grab_frames()
     while active.any():
         n_before = agent.n_replans
@@ -176,7 +175,9 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
         actions, _ = agent.predict(obs, episode_start=episode_start, deterministic=deterministic)
         if agent.n_replans != n_before:
             chunk_times.append(time.perf_counter() - t0)
-        actions = np.where(active[:, None], actions, np.zeros(action_dim)).astype(np.float32)
+        # Idle envs (no seed left) are stepped with the policy's own action and their results
+        # ignored: a zero action is not valid in every action space (absolute rot6d poses).
+        actions = np.asarray(actions, dtype=np.float32)
         obs, reward, terminated, truncated, info = env.step(actions)
         grab_frames()
         episode_start[:] = False

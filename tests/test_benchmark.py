@@ -94,3 +94,24 @@ def test_benchmark_accelerate_flag_falls_back_and_matches_eager(tmp_path, monkey
                               videos=0, latency_repeats=0, accelerate=mode, out_dir=str(tmp_path / mode))
         scores[mode] = run(cfg)["tiny"]["per_episode"]["max_reward"]
     assert scores["eager"] == scores["cuda_graph"]  # on CPU: the recorded fallback runs the same eager loop
+
+
+class _RejectsZeroAction(__import__("gymnasium").Wrapper):
+    """Like an absolute-pose action space (rot6d), where an all-zero action is not a rotation."""
+
+    def step(self, action):
+        if not np.any(action):
+            raise ValueError("all-zero action")
+        return self.env.step(action)
+
+
+def test_idle_envs_are_not_stepped_with_invalid_actions():
+    import gymnasium as gym
+
+    env_id = "dp_gym_test/RejectsZeroAction-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=lambda **kw: _RejectsZeroAction(gym.make("dp_gym/PushT-v0", **kw)))
+    task = dataclasses.replace(short_task(), env_id=env_id)
+    # 3 seeds on 2 envs: one env idles while the last episode runs
+    r = evaluate_agent(DiffusionAgent(tiny_policy()), task, [100000, 100001, 100002], n_envs=2, latency_repeats=0)
+    assert r["per_episode"]["length"] == [EP_LEN] * 3
