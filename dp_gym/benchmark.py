@@ -181,7 +181,7 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
         obs, reward, terminated, truncated, info = env.step(actions)
         grab_frames()
         episode_start[:] = False
-        done = (terminated | truncated) & active
+        finished = terminated | truncated  # idle envs can finish too and must then be reset
         for i in range(n_envs):
             if not active[i]:
                 continue
@@ -194,9 +194,9 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
                 if count_key not in info:
                     raise KeyError(f"task {task.name!r} counts info[{count_key!r}] but the env's info has keys {sorted(info)}")
                 count[ep] = max(count[ep], int(info[count_key][i]))
-        if done.any():
-            obs, _ = start(done)  # with reset_mask, the other envs keep their current observation
-            episode_start = done.copy()
+        if finished.any():
+            obs, _ = start(finished)  # with reset_mask, the other envs keep their current observation
+            episode_start = finished.copy()
     env.close()
     out = {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
     if count_key:

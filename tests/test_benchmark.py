@@ -97,12 +97,22 @@ def test_benchmark_accelerate_flag_falls_back_and_matches_eager(tmp_path, monkey
 
 
 class _RejectsZeroAction(__import__("gymnasium").Wrapper):
-    """Like an absolute-pose action space (rot6d), where an all-zero action is not a rotation."""
+    """Like an absolute-pose action space (rot6d), where an all-zero action is not a rotation.
+    Episodes reset without a seed (the benchmark's idle envs) end after 3 steps, so an idle env
+    finishes while others still run."""
+
+    def reset(self, *, seed=None, options=None):
+        self._idle_steps_left = 3 if seed is None else None
+        return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
         if not np.any(action):
             raise ValueError("all-zero action")
-        return self.env.step(action)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._idle_steps_left is not None:
+            self._idle_steps_left -= 1
+            terminated = terminated or self._idle_steps_left <= 0
+        return obs, reward, terminated, truncated, info
 
 
 def test_idle_envs_are_not_stepped_with_invalid_actions():
@@ -112,6 +122,10 @@ def test_idle_envs_are_not_stepped_with_invalid_actions():
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=lambda **kw: _RejectsZeroAction(gym.make("dp_gym/PushT-v0", **kw)))
     task = dataclasses.replace(short_task(), env_id=env_id)
-    # 3 seeds on 2 envs: one env idles while the last episode runs
-    r = evaluate_agent(DiffusionAgent(tiny_policy()), task, [100000, 100001, 100002], n_envs=2, latency_repeats=0)
+    # 3 seeds on 2 envs: one env idles (and finishes, and is reset) while the last episode runs
+    policy = tiny_policy()
+    r = evaluate_agent(DiffusionAgent(policy), task, [100000, 100001, 100002], n_envs=2, latency_repeats=0)
     assert r["per_episode"]["length"] == [EP_LEN] * 3
+    # the idle env's resets change nothing for the scored episodes
+    ref = evaluate_agent(DiffusionAgent(policy), short_task(), [100000, 100001, 100002], n_envs=2, latency_repeats=0)
+    np.testing.assert_allclose(r["per_episode"]["max_reward"], ref["per_episode"]["max_reward"], atol=1e-6)
