@@ -19,7 +19,7 @@ THREADS=${THREADS:-1}
 ACTIONS=${ACTIONS:-delta}
 case $ACTIONS in delta) SUFFIX="" ;; abs) SUFFIX="_abs" ;; *) echo "ACTIONS must be delta or abs" >&2; exit 2 ;; esac
 # CPU step budgets of the diffusion policy (UNet small, To=2 Ta=8 Tp=16, batch 64): ~2.7 steps/s at 1 thread.
-declare -A DP_STEPS=([lift]=3000 [can]=6000 [square]=7000)
+declare -A DP_STEPS=([lift]=3000 [can]=6000 [square]=6000)
 
 case $STAGE in
 dp)
