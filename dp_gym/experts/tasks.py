@@ -77,6 +77,14 @@ class _PickMixin(ScriptedExpert):
             return self.servo(gp, yaw, 1.0, speed=0.005)
         return None
 
+    def retry_if_missed(self, after_steps: int) -> np.ndarray | None:
+        """In the ``lift`` phase, once ``after_steps`` have passed without the gripper closed on the
+        object, the grasp missed: plan a new pick and back off 3 cm upward with the gripper open."""
+        if self.phase.name == "lift" and self.phase.steps > after_steps and not self.gripper_closed_on_object():
+            self.plan_pick()
+            return self.servo(self.eef_pos + np.r_[0, 0, 0.03], self.grasp_yaw, -1.0)
+        return None
+
 
 class LiftExpert(_PickMixin):
     task = "Lift"
@@ -98,12 +106,10 @@ class LiftExpert(_PickMixin):
         a = self.pick_policy()
         if a is not None:
             return a
-        yaw = self.grasp_yaw
-        target = np.r_[self.eef_pos[:2], self.grasp_z + self.lift_h]
-        if self.phase.name == "lift" and self.phase.steps > 15 and not self.gripper_closed_on_object():
-            self.plan_pick()  # missed: try again
-            return self.servo(self.eef_pos + np.r_[0, 0, 0.03], yaw, -1.0)
-        return self.servo(target, yaw, 1.0)
+        retry = self.retry_if_missed(after_steps=15)
+        if retry is not None:
+            return retry
+        return self.servo(np.r_[self.eef_pos[:2], self.grasp_z + self.lift_h], self.grasp_yaw, 1.0)
 
 
 class CanExpert(_PickMixin):
@@ -139,9 +145,9 @@ class CanExpert(_PickMixin):
         pos = self.eef_pos
         if ph.name == "lift":
             target = np.r_[pos[:2], self.transit_z]
-            if ph.steps > 10 and not self.gripper_closed_on_object():
-                self.plan_pick()
-                return self.servo(pos + np.r_[0, 0, 0.03], yaw, -1.0)
+            retry = self.retry_if_missed(after_steps=10)
+            if retry is not None:
+                return retry
             if pos[2] > self.transit_z - 0.03:
                 self.goto("transit")
             return self.servo(target, yaw, 1.0)
@@ -202,9 +208,9 @@ class SquareExpert(_PickMixin):
         nut_pos, nut_yaw = self.nut_pose()
         if ph.name == "lift":
             yaw = self.grasp_yaw
-            if ph.steps > 10 and not self.gripper_closed_on_object():
-                self.plan_pick()
-                return self.servo(pos + np.r_[0, 0, 0.03], yaw, -1.0)
+            retry = self.retry_if_missed(after_steps=10)
+            if retry is not None:
+                return retry
             if pos[2] > self.lift_z - 0.02:
                 # Target nut yaw: square-aligned (multiple of 90deg) with the handle not pointing away
                 # from the robot (+x), where the gripper would be out of reach over the peg; "short"
