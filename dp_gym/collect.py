@@ -9,6 +9,13 @@ the equivalent absolute pose actions ``[pos, axis-angle, gripper]`` in robomimic
 ``states``, low-dim ``obs``/``next_obs``, optional camera images) and prints the expert's own
 success rate. ``--workers N`` uses N processes started with ``spawn`` (safe with GL contexts).
 ``--stats-json`` writes the per-episode outcomes.
+
+``--action-noise SIGMA`` injects noise DART-style (Laskey et al., 2017): the env executes the
+expert's action plus Gaussian noise (standard deviation SIGMA in action units, on the pose
+dimensions, not the gripper) while the dataset stores the expert's clean action. The closed-loop
+expert then corrects the perturbation, so the demos show how to recover from states slightly off
+the expert's path, which plain scripted demos never visit. Under noise the absolute actions are
+not stored: the controller goal after a noisy step is not the expert's command.
 """
 
 from __future__ import annotations
@@ -54,21 +61,35 @@ def _get_env_and_expert_cls(expert: str, cameras: tuple[str, ...], image_size: i
 
 
 def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tuple[str, ...] = (),
-                       image_size: int = 84) -> EpisodeResult:
-    """One expert episode from ``reset(seed=seed)`` (env and expert cached per process)."""
+                       image_size: int = 84, action_noise: float = 0.0) -> EpisodeResult:
+    """One expert episode from ``reset(seed=seed)`` (env and expert cached per process).
+
+    ``action_noise`` > 0 perturbs the executed pose actions (see the module docstring); the
+    recorded ``actions`` stay the expert's own."""
+    from dp_gym.envs.robosuite_env import DELTA_DIM
     from dp_gym.utils.rotation import rot6d_to_axis_angle
 
+    if not (np.isfinite(action_noise) and action_noise >= 0):
+        raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise}")
     env, cls = _get_env_and_expert_cls(expert, tuple(cameras), image_size)
     obs, info = env.reset(seed=seed)
     ex = cls(env, seed=seed)
     ex.reset()
+    # Its own stream, so the expert's randomisation is the same with and without noise.
+    noise_rng = np.random.default_rng([seed, 0xDA27])
+    pose_dims = np.ones(DELTA_DIM * env.n_arms, bool)
+    pose_dims[DELTA_DIM - 1::DELTA_DIM] = False  # grippers stay clean
     actions, abs_actions, states, rewards = [], [], [], []
     success, t = False, 0
     for t in range(1, env.max_episode_steps + 1):
         if record:
             states.append(env.get_state())
         a = ex.act()
-        obs, reward, terminated, truncated, info = env.step(a)
+        executed = a
+        if action_noise > 0:
+            executed = a + np.where(pose_dims, noise_rng.normal(0.0, action_noise, a.shape), 0.0)
+            executed = np.clip(executed, -1.0, 1.0).astype(np.float32)
+        obs, reward, terminated, truncated, info = env.step(executed)
         if record:
             actions.append(a)
             abs10 = info["abs_action"].reshape(env.n_arms, 10)
@@ -92,7 +113,8 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         dones = np.zeros(t, dtype=np.int64)
         dones[-1] = 1
         data = dict(obs=obs_arr, next_obs=next_obs, actions=np.asarray(actions, np.float32),
-                    actions_abs=np.asarray(abs_actions, np.float32), states=np.asarray(states),
+                    actions_abs=None if action_noise > 0 else np.asarray(abs_actions, np.float32),
+                    states=np.asarray(states),
                     rewards=np.asarray(rewards, np.float64), dones=dones)
     return EpisodeResult(seed=seed, success=success, length=t, strategy=ex.strategy, data=data)
 
@@ -102,7 +124,7 @@ def _worker_run(args: tuple) -> EpisodeResult:
 
 
 def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True, cameras: tuple[str, ...] = (),
-            image_size: int = 84, progress: bool = True) -> list[EpisodeResult]:
+            image_size: int = 84, progress: bool = True, action_noise: float = 0.0) -> list[EpisodeResult]:
     """Run the expert on each seed (in ``workers`` spawned processes); results in seed order."""
     from tqdm import tqdm
 
@@ -112,7 +134,7 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
         raise ValueError(f"unknown expert {expert!r}; available: {sorted(EXPERTS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    jobs = [(expert, s, record, tuple(cameras), image_size) for s in seeds]
+    jobs = [(expert, s, record, tuple(cameras), image_size, action_noise) for s in seeds]
     results: list[EpisodeResult] = []
     bar = tqdm(total=len(jobs), desc=f"{expert} expert", unit="ep", disable=not progress)
 
@@ -135,7 +157,7 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
     return sorted(results, key=lambda r: r.seed)
 
 
-def _env_args(expert: str, cameras: tuple[str, ...], image_size: int) -> dict[str, Any]:
+def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noise: float = 0.0) -> dict[str, Any]:
     from dp_gym.envs.robosuite_env import CONTROL_FREQ, ROBOSUITE_TASKS
     from dp_gym.experts import TASK_OF_EXPERT
 
@@ -148,7 +170,8 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int) -> dict[st
     if cameras:
         kwargs.update(camera_names=list(cameras), camera_heights=image_size, camera_widths=image_size)
     return {"env_name": spec.env_name, "type": 1, "env_kwargs": kwargs,
-            "dp_gym": {"expert": expert, "actions": "delta", "actions_abs": "pos+axis_angle+gripper (world)"}}
+            "dp_gym": {"expert": expert, "actions": "delta", "action_noise": action_noise,
+                       "actions_abs": None if action_noise > 0 else "pos+axis_angle+gripper (world)"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,16 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--cameras", type=str, default="", help="comma-separated cameras to record, e.g. agentview,robot0_eye_in_hand")
     p.add_argument("--image-size", type=int, default=84)
+    p.add_argument("--action-noise", type=float, default=0.0,
+                   help="std of Gaussian noise added to the executed pose actions (DART); stored actions stay clean")
     p.add_argument("--stats-json", type=str, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.episodes < 1:
         p.error("--episodes must be >= 1")
+    if not (np.isfinite(args.action_noise) and args.action_noise >= 0):
+        p.error(f"--action-noise must be a finite number >= 0, got {args.action_noise}")
     cameras = tuple(c for c in args.cameras.split(",") if c)
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     t0 = time.time()
     results = collect(args.task, seeds, workers=args.workers, record=args.out is not None, cameras=cameras,
-                      image_size=args.image_size, progress=not args.no_progress)
+                      image_size=args.image_size, progress=not args.no_progress, action_noise=args.action_noise)
     wall = time.time() - t0
     ok = [r for r in results if r.success]
     rate = len(ok) / len(results)
@@ -187,14 +214,15 @@ def main(argv: list[str] | None = None) -> int:
 
         episodes = (RobomimicEpisode(obs=r.data["obs"], next_obs=r.data["next_obs"], actions=r.data["actions"],
                                      states=r.data["states"], rewards=r.data["rewards"], dones=r.data["dones"],
-                                     extras={"actions_abs": r.data["actions_abs"]},
+                                     extras={} if r.data["actions_abs"] is None else {"actions_abs": r.data["actions_abs"]},
                                      attrs={"seed": r.seed, "strategy": r.strategy}) for r in ok)
-        write_robomimic_hdf5(args.out, episodes, env_args=_env_args(args.task, cameras, args.image_size),
+        write_robomimic_hdf5(args.out, episodes, env_args=_env_args(args.task, cameras, args.image_size, args.action_noise),
                              attrs={"expert_success_rate": rate, "seeds": json.dumps([r.seed for r in ok]),
                                     "strategies": json.dumps([r.strategy for r in ok])})
         print(f"wrote {len(ok)} demos to {args.out}")
     if args.stats_json:
         stats = {"task": args.task, "seeds": [seeds[0], seeds[-1] + 1], "attempts": len(results),
+                 "action_noise": args.action_noise,
                  "successes": len(ok), "success_rate": rate, "per_strategy": by_strategy, "wall_s": wall,
                  "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy}
                               for r in results],

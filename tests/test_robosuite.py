@@ -378,6 +378,31 @@ def test_expert_succeeds_on_fixed_seeds(rs, expert: str, seeds: list[int]) -> No
         assert res.success, f"{expert} expert failed on seed {s} ({res.length} steps, strategy {res.strategy})"
 
 
+def test_action_noise_perturbs_executed_actions_but_records_clean_ones(rs, monkeypatch) -> None:
+    """DART collection: the env steps the expert's action plus pose noise, the demo stores the expert's
+    own action, and absolute actions (which would encode the noisy goal) are not stored."""
+    from dp_gym import collect
+    from dp_gym.envs.robosuite_env import RobosuiteEnv
+    from dp_gym.experts import EXPERTS
+
+    emitted, executed = [], []
+    act, step = EXPERTS["lift"].act, RobosuiteEnv.step
+    monkeypatch.setattr(EXPERTS["lift"], "act", lambda self: emitted.append(act(self)) or emitted[-1])
+    monkeypatch.setattr(RobosuiteEnv, "step", lambda self, a: executed.append(np.array(a)) or step(self, a))
+    res = collect.run_expert_episode("lift", seed=11, record=True, action_noise=0.1)
+    assert res.success, "the lift expert should still succeed under small noise"
+    emitted, executed = np.asarray(emitted), np.asarray(executed)
+    np.testing.assert_array_equal(res.data["actions"], emitted)
+    np.testing.assert_array_equal(executed[:, 6], emitted[:, 6])  # gripper untouched
+    noise = (executed - emitted)[:, :6]
+    inside = np.abs(executed[:, :6]) < 1.0  # not clipped
+    assert 0.07 < noise[inside].std() < 0.13, noise[inside].std()
+    assert abs(noise[inside].mean()) < 0.03
+    assert res.data["actions_abs"] is None
+    with pytest.raises(ValueError, match="action_noise must be"):
+        collect.run_expert_episode("lift", seed=11, record=False, action_noise=-0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("expert", ["lift", "can", "square"])
 def test_expert_success_rate_on_ten_seeds(rs, expert: str) -> None:
