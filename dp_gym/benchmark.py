@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import math
 import platform
+import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,7 +318,8 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: BenchmarkConfig) -> dict[str, dict]:
+def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
+    """Evaluate every policy of ``cfg``; ``command`` (the CLI line) is recorded in ``results.json``."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if not cfg.policies:
@@ -361,7 +364,8 @@ def run(cfg: BenchmarkConfig) -> dict[str, dict]:
         print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} {res['success_ci95']}")
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "device": cfg.device}
-    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "machine": machine, "results": results})
+    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "command": command, "machine": machine,
+                                             "results": results})
     table = markdown_table(results)
     atomic_write_bytes(out / "results.md", (f"# {cfg.task}\n\n{table}\n").encode())
     plot(results, out / "scores.png", cfg.task)
@@ -394,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                           autocast=a.autocast, deterministic=not a.stochastic,
                           videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)
-    run(cfg)
+    run(cfg, command="python -m dp_gym.benchmark " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dp_gym import DiffusionAgent
-from dp_gym.benchmark import BenchmarkConfig, evaluate_agent, evaluate_policy_on_task, parse_seeds, run, wilson_interval
+from dp_gym.benchmark import BenchmarkConfig, evaluate_agent, evaluate_policy_on_task, main, parse_seeds, run, wilson_interval
 from dp_gym.policies import make_policy
 from dp_gym.tasks import get_task
 
@@ -63,11 +63,14 @@ def test_benchmark_run_writes_outputs(tmp_path, monkeypatch):
     policy = tiny_policy()
     DiffusionAgent(policy).save(tmp_path / "ckpt")
     monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_short", dataclasses.replace(short_task(), name="pusht_short"))
-    cfg = BenchmarkConfig(task="pusht_short", policies=[f"tiny={tmp_path / 'ckpt'}"], seeds="100000:100003", n_envs=3,
-                          videos=1, latency_repeats=2, out_dir=str(tmp_path / "out"))
-    results = run(cfg)
+    argv = ["--task", "pusht_short", "--policy", f"tiny={tmp_path / 'ckpt'}", "--seeds", "100000:100003",
+            "--n-envs", "3", "--videos", "1", "--latency-repeats", "2", "--out-dir", str(tmp_path / "out")]
+    main(argv)
     out = tmp_path / "out"
     data = json.loads((out / "results.json").read_text())
+    assert data["command"] == "python -m dp_gym.benchmark " + " ".join(argv)  # the run can be repeated from it
+    assert data["config"]["n_envs"] == 3 and data["config"]["seeds"] == "100000:100003"
+    results = data["results"]
     assert set(data["results"]) == {"tiny"}
     r = data["results"]["tiny"]
     for key in ("episodes", "seeds", "mean_max_reward", "success_rate", "success_ci95", "mean_episode_length", "predict_latency_ms_median"):
