@@ -34,6 +34,9 @@ STEPS=${STEPS:-${DP_STEPS[$TASK]}}
 TAG=${TAG:-}
 SAMPLER=${SAMPLER:-ddim}
 NIS=${NIS:-10}
+# a non-default sampler gets its own result folder (e.g. can/dp_16k_ddpm100)
+EVAL_TAG=""
+if [[ $SAMPLER != ddim || $NIS != 10 ]]; then EVAL_TAG="_${SAMPLER}${NIS}"; fi
 
 case $STAGE in
 collect-dart)
@@ -54,7 +57,7 @@ eval-dp)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "dp_unet_small${TAG}=runs/${TASK}${SUFFIX}_dp_small${TAG}/checkpoints/latest" \
         --sampler "$SAMPLER" --num-inference-steps "$NIS" --videos 1 --latency-repeats 10 --num-threads "$THREADS" \
-        --data-dir "$DATA" --out-dir "$OUT/$TASK/dp${SUFFIX}${TAG}" ;;
+        --data-dir "$DATA" --out-dir "$OUT/$TASK/dp${SUFFIX}${TAG}${EVAL_TAG}" ;;
 eval-bc)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "bc_chunked=runs/${TASK}${SUFFIX}_bc/checkpoints/latest" --videos 1 --latency-repeats 10 \
