@@ -16,8 +16,6 @@ import argparse
 import dataclasses
 import math
 import platform
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from dp_gym.agent import DiffusionAgent
 from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
 from dp_gym.tasks import Task, get_task
+from dp_gym.utils.cli import command_line
 
 
 @dataclass
@@ -398,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                           autocast=a.autocast, deterministic=not a.stochastic,
                           videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)
-    run(cfg, command="python -m dp_gym.benchmark " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])))
+    run(cfg, command=command_line("dp_gym.benchmark", argv))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from dp_gym.checkpoint import atomic_write_json
+from dp_gym.utils.cli import command_line
 
 __all__ = ["EpisodeResult", "run_expert_episode", "collect", "main"]
 
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                  "successes": len(ok), "success_rate": rate, "per_strategy": by_strategy, "wall_s": wall,
                  "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy}
                               for r in results],
-                 "command": "python -m dp_gym.collect " + " ".join(argv if argv is not None else sys.argv[1:])}
+                 "command": command_line("dp_gym.collect", argv)}
         atomic_write_json(Path(args.stats_json), stats)
     return 0
 

@@ -37,6 +37,7 @@ from dp_gym.benchmark import median_ms
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.policies import make_policy, model_sizes
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator
+from dp_gym.utils.cli import command_line
 
 
 @dataclass
@@ -249,14 +250,11 @@ def run(cfg: PerfConfig, command: str = "") -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import shlex
-    import sys
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(PerfConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     cfg = PerfConfig(**vars(p.parse_args(argv)))
-    run(cfg, command="python -m dp_gym.perf " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
+    run(cfg, command=command_line("dp_gym.perf", argv))
 
 
 if __name__ == "__main__":

@@ -431,6 +431,7 @@ def test_collect_cli_writes_only_successes(rs, tmp_path: Path, capsys) -> None:
                  "--stats-json", str(stats), "--no-progress"]) == 0
     s = json.loads(stats.read_text())
     assert s["attempts"] == 2 and [e["seed"] for e in s["episodes"]] == [5, 6]
+    assert s["command"] == f"python -m dp_gym.collect --task lift --episodes 2 --seed-start 5 --out {out} --stats-json {stats} --no-progress"
     assert f"expert success {s['successes']}/2" in capsys.readouterr().out
     data = read_robomimic_hdf5(out, obs_keys=["robot0_eef_pos", "object"])
     assert data.n_episodes == s["successes"] >= 1

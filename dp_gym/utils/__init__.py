@@ -1,1 +1,1 @@
-"""Small shared utilities (rotation conversions)."""
+"""Small shared utilities (rotation conversions, command lines)."""
