@@ -93,9 +93,10 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         obs, reward, terminated, truncated, info = env.step(executed)
         if record:
             actions.append(a)
-            abs10 = info["abs_action"].reshape(env.n_arms, 10)
-            abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), abs10[:, 9:]], -1).reshape(-1))
             rewards.append(reward)
+            if action_noise == 0:  # under noise the goal is not the expert's command: not stored
+                abs10 = info["abs_action"].reshape(env.n_arms, 10)
+                abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), abs10[:, 9:]], -1).reshape(-1))
         success = bool(info["is_success"])
         if terminated or truncated:
             break
