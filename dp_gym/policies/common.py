@@ -1,14 +1,15 @@
-"""Pieces shared by the MLP baselines (explicit BC, implicit BC): config validation, the MLP
-builder, observation flattening and the action-window slice they are trained on."""
+"""Pieces shared by the MLP baselines (explicit BC, implicit BC): their config fields and
+validation, the MLP builder and the action-window slice they are trained on."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from dp_gym.policies.base import validate_policy_fields
+from dp_gym.policies.base import ConfigDict, validate_policy_fields
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -20,8 +21,36 @@ MLP_MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def validate_mlp_policy_fields(cfg: Any) -> None:
-    """Normalise and validate the fields BCConfig and IBCConfig share (raises ValueError)."""
+@dataclass
+class MLPPolicyConfig(ConfigDict):
+    """The fields :class:`~dp_gym.policies.bc.config.BCConfig` and
+    :class:`~dp_gym.policies.ibc.config.IBCConfig` share, validated in ``__post_init__``.
+
+    Subclasses add only fields with defaults and call ``super().__post_init__()`` first. The chunking
+    semantics (``chunked``, ``n_action_steps``, ``horizon``) are described on ``BCConfig``.
+    """
+
+    obs_shapes: dict[str, list[int]]
+    action_dim: int
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    chunked: bool = True
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "mish"  # "mish" | "relu" | "gelu"
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        validate_mlp_policy_fields(self)
+
+    @property
+    def pred_steps(self) -> int:
+        """Number of actions predicted per call (== n_action_steps)."""
+        return self.n_action_steps
+
+
+def validate_mlp_policy_fields(cfg: MLPPolicyConfig) -> None:
+    """Normalise and validate the fields of :class:`MLPPolicyConfig` (raises ValueError)."""
     validate_policy_fields(cfg)
     cfg.hidden_dims = [int(d) for d in cfg.hidden_dims]
     cfg.chunked = bool(cfg.chunked)

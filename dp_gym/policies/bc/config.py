@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from dp_gym.policies.base import ConfigDict
-from dp_gym.policies.common import MLP_MODEL_SIZES, validate_mlp_policy_fields
+from dp_gym.policies.common import MLPPolicyConfig
 
 
 @dataclass
-class BCConfig(ConfigDict):
+class BCConfig(MLPPolicyConfig):
     """Everything needed to rebuild a :class:`BCPolicy` (saved as JSON in checkpoints).
 
     An MLP maps the flattened, normalised ``n_obs_steps``-step observation history to actions and is
@@ -29,27 +28,3 @@ class BCConfig(ConfigDict):
     ``horizon`` only sets the length of the training windows; it must cover To-1+Ta (the shortest
     valid window, To-1+Ta, loses the fewest frames at episode ends; the trainer uses it).
     """
-
-    obs_shapes: dict[str, list[int]]
-    action_dim: int
-    horizon: int = 16
-    n_obs_steps: int = 2
-    n_action_steps: int = 8
-    chunked: bool = True
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "mish"  # "mish" | "relu" | "gelu"
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        validate_mlp_policy_fields(self)
-
-
-    @property
-    def pred_steps(self) -> int:
-        """Number of actions predicted per call (== n_action_steps, see the class docstring)."""
-        return self.n_action_steps
-
-
-
-
-MODEL_SIZES = MLP_MODEL_SIZES

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from dp_gym.policies.base import ConfigDict
-from dp_gym.policies.common import MLP_MODEL_SIZES, validate_mlp_policy_fields
+from dp_gym.policies.common import MLPPolicyConfig
 
 
 @dataclass
-class IBCConfig(ConfigDict):
+class IBCConfig(MLPPolicyConfig):
     """Everything needed to rebuild an :class:`IBCPolicy` (saved as JSON in checkpoints).
 
     Implicit BC (Florence et al., CoRL 2021): an energy MLP ``E(o, a)`` over the flattened,
@@ -28,15 +27,6 @@ class IBCConfig(ConfigDict):
     multimodal energy instead of always the lowest one).
     """
 
-    obs_shapes: dict[str, list[int]]
-    action_dim: int
-    horizon: int = 16
-    n_obs_steps: int = 2
-    n_action_steps: int = 8
-    chunked: bool = True
-    hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
-    activation: str = "mish"  # "mish" | "relu" | "gelu"
-    dropout: float = 0.0
     # InfoNCE
     n_counter_examples: int = 256
     # Derivative-free optimiser (inference)
@@ -48,18 +38,10 @@ class IBCConfig(ConfigDict):
     dfo_select: str = "argmax"  # "argmax" (IBC) | "sample": draw the final action from softmax(-E/T)
 
     def __post_init__(self) -> None:
-        validate_mlp_policy_fields(self)
+        super().__post_init__()
         validate_dfo_args(self.n_samples, self.n_iters, self.noise_scale, self.noise_shrink, self.temperature, self.dfo_select)
         if self.n_counter_examples < 1:
             raise ValueError(f"n_counter_examples must be >= 1, got {self.n_counter_examples}")
-
-
-    @property
-    def pred_steps(self) -> int:
-        """Number of actions in one energy-model action (== n_action_steps)."""
-        return self.n_action_steps
-
-
 
 
 def validate_dfo_args(n_samples: int, n_iters: int, noise_scale: float, noise_shrink: float, temperature: float,
@@ -76,6 +58,3 @@ def validate_dfo_args(n_samples: int, n_iters: int, noise_scale: float, noise_sh
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if select not in ("argmax", "sample"):
         raise ValueError(f"DFO selection must be 'argmax' or 'sample', got {select!r}")
-
-
-MODEL_SIZES = MLP_MODEL_SIZES
