@@ -80,6 +80,8 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
     noise_rng = np.random.default_rng([seed, 0xDA27])
     pose_dims = np.ones(DELTA_DIM * env.n_arms, bool)
     pose_dims[DELTA_DIM - 1::DELTA_DIM] = False  # grippers stay clean
+    # Under noise the controller goal after a step is not the expert's command: no abs actions.
+    record_abs = action_noise == 0
     actions, abs_actions, states, rewards = [], [], [], []
     success, t = False, 0
     for t in range(1, env.max_episode_steps + 1):
@@ -94,7 +96,7 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         if record:
             actions.append(a)
             rewards.append(reward)
-            if action_noise == 0:  # under noise the goal is not the expert's command: not stored
+            if record_abs:
                 abs10 = info["abs_action"].reshape(env.n_arms, 10)
                 abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), abs10[:, 9:]], -1).reshape(-1))
         success = bool(info["is_success"])
@@ -115,7 +117,7 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         dones = np.zeros(t, dtype=np.int64)
         dones[-1] = 1
         data = dict(obs=obs_arr, next_obs=next_obs, actions=np.asarray(actions, np.float32),
-                    actions_abs=None if action_noise > 0 else np.asarray(abs_actions, np.float32),
+                    actions_abs=np.asarray(abs_actions, np.float32) if record_abs else None,
                     states=np.asarray(states),
                     rewards=np.asarray(rewards, np.float64), dones=dones)
     return EpisodeResult(seed=seed, success=success, length=t, strategy=ex.strategy, data=data)

@@ -71,8 +71,8 @@ def test_benchmark_run_writes_outputs(tmp_path, monkeypatch):
     assert data["command"] == "python -m dp_gym.benchmark " + " ".join(argv)  # the run can be repeated from it
     assert data["config"]["n_envs"] == 3 and data["config"]["seeds"] == "100000:100003"
     results = data["results"]
-    assert set(data["results"]) == {"tiny"}
-    r = data["results"]["tiny"]
+    assert set(results) == {"tiny"}
+    r = results["tiny"]
     for key in ("episodes", "seeds", "mean_max_reward", "success_rate", "success_ci95", "mean_episode_length", "predict_latency_ms_median"):
         assert key in r
     assert r["seeds"] == [100000, 100001, 100002]

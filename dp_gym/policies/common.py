@@ -41,32 +41,28 @@ class MLPPolicyConfig(ConfigDict):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        validate_mlp_policy_fields(self)
+        """Normalise and validate the shared fields (raises ValueError)."""
+        validate_policy_fields(self)
+        self.hidden_dims = [int(d) for d in self.hidden_dims]
+        self.chunked = bool(self.chunked)
+        self.dropout = float(self.dropout)
+        if not self.chunked and self.n_action_steps != 1:
+            raise ValueError(
+                f"chunked=False predicts one action per step, so it needs n_action_steps == 1 "
+                f"(got {self.n_action_steps}); pass --n-action-steps 1, or use chunked=True to predict "
+                f"{self.n_action_steps} actions at once"
+            )
+        if not self.hidden_dims or any(d < 1 for d in self.hidden_dims):
+            raise ValueError(f"hidden_dims must be a non-empty list of positive widths, got {self.hidden_dims}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def pred_steps(self) -> int:
         """Number of actions predicted per call (== n_action_steps)."""
         return self.n_action_steps
-
-
-def validate_mlp_policy_fields(cfg: MLPPolicyConfig) -> None:
-    """Normalise and validate the fields of :class:`MLPPolicyConfig` (raises ValueError)."""
-    validate_policy_fields(cfg)
-    cfg.hidden_dims = [int(d) for d in cfg.hidden_dims]
-    cfg.chunked = bool(cfg.chunked)
-    cfg.dropout = float(cfg.dropout)
-    if not cfg.chunked and cfg.n_action_steps != 1:
-        raise ValueError(
-            f"chunked=False predicts one action per step, so it needs n_action_steps == 1 "
-            f"(got {cfg.n_action_steps}); pass --n-action-steps 1, or use chunked=True to predict "
-            f"{cfg.n_action_steps} actions at once"
-        )
-    if not cfg.hidden_dims or any(d < 1 for d in cfg.hidden_dims):
-        raise ValueError(f"hidden_dims must be a non-empty list of positive widths, got {cfg.hidden_dims}")
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {cfg.activation!r}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
 
 def build_mlp(in_dim: int, hidden_dims: list[int], out_dim: int, activation: str, dropout: float) -> nn.Sequential:
