@@ -55,7 +55,7 @@ class TrainConfig:
     steps: int = 50_000
     batch_size: int = 64
     lr: float = 1e-4
-    weight_decay: float = 1e-6
+    weight_decay: float | None = None  # None: the policy's paper default (policy.optim_groups)
     warmup_steps: int = 500
     ema_power: float = 0.75
     val_ratio: float = 0.02
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig) -> Path:
     train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
     frames_t = torch.as_tensor(train_frames, device=device)
     policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)
     # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.

@@ -183,11 +183,16 @@ def _state(out):
     return tensors, meta
 
 
-def test_resume_is_exact(tmp_path, toy_task, monkeypatch):
+TRANSFORMER = dict(denoiser="transformer", policy_overrides={"n_layer": 1, "n_head": 2, "n_emb": 16})
+
+
+@pytest.mark.parametrize("variant", [{}, TRANSFORMER], ids=["unet", "transformer"])
+def test_resume_is_exact(tmp_path, toy_task, monkeypatch, variant):
     """Interrupting at step 20 (right after the checkpoint) and resuming gives bit-identical weights,
-    EMA, optimiser state and metrics to an uninterrupted run with the same config."""
+    EMA, optimiser state and metrics to an uninterrupted run with the same config (the transformer
+    also covers several optimiser parameter groups and attention dropout's RNG)."""
     full = tmp_path / "full"
-    train(_cfg(full))
+    train(_cfg(full, **variant))
 
     real_save = train_mod.atomic_save_tensors
 
@@ -199,10 +204,10 @@ def test_resume_is_exact(tmp_path, toy_task, monkeypatch):
     part = tmp_path / "part"
     monkeypatch.setattr(train_mod, "atomic_save_tensors", save_then_die)
     with pytest.raises(_Killed):
-        train(_cfg(part))
+        train(_cfg(part, **variant))
     monkeypatch.setattr(train_mod, "atomic_save_tensors", real_save)
     assert _state(part)[1]["step"] == 20
-    train(_cfg(part, resume=True))
+    train(_cfg(part, resume=True, **variant))
 
     (a, meta_a), (b, meta_b) = _state(full), _state(part)
     assert meta_a["step"] == meta_b["step"] == 30

@@ -270,3 +270,23 @@ def test_pusht_image_task_dataset_and_env_agree(data_dir):
     env.close()
     for key in task.obs_keys:  # env observations have the dataset's per-frame shapes and dtypes
         assert obs[key].shape == ep.arrays[key].shape[1:] and obs[key].dtype == ep.arrays[key].dtype
+
+
+def test_optimiser_groups_follow_the_paper():
+    """UNet: one group, weight decay 1e-6. Transformer: 1e-3 on the denoiser's weight matrices, 0 on
+    its biases / LayerNorm / position embeddings, 1e-6 on the image encoder; every parameter once."""
+    unet = image_policy()
+    (group,) = unet.optim_groups()
+    assert group["weight_decay"] == 1e-6 and len(group["params"]) == len(list(unet.parameters()))
+    assert unet.optim_groups(0.05)[0]["weight_decay"] == 0.05
+
+    tr = image_policy(denoiser="transformer", n_layer=1, n_head=2, n_emb=16)
+    groups = tr.optim_groups()
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0, 1e-6]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in tr.parameters()}
+    decay = {id(p) for p in groups[0]["params"]}
+    assert id(tr.denoiser.input_emb.weight) in decay and id(tr.denoiser.pos_emb) not in decay
+    assert {id(p) for p in groups[2]["params"]} == {id(p) for p in tr.image_encoder.parameters()}
+    assert tr.optim_groups(0.05)[0]["weight_decay"] == 0.05
+    torch.optim.AdamW(groups, lr=1e-4)

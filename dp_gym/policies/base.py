@@ -92,6 +92,11 @@ class NormalizedPolicy(nn.Module):
             self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
         self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
 
+    def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:
+        """AdamW parameter groups; ``weight_decay=None`` takes the policy's default (1e-6, the
+        paper's value for its MLP / UNet policies). Subclasses split groups where the paper does."""
+        return [{"params": list(self.parameters()), "weight_decay": 1e-6 if weight_decay is None else float(weight_decay)}]
+
     def normalized_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, D_k) per low-dim key → (B, To, sum D_k), normalised, keys in config order."""
         return torch.cat([self.obs_normalizers[k].normalize(obs[k].float()) for k in self.obs_normalizers], dim=-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +90,18 @@ class DiffusionPolicy(NormalizedPolicy):
         return torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
 
     # --- training -------------------------------------------------------------------------
+    def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:
+        """As the paper trains its denoisers: the UNet with weight decay 1e-6 on every parameter;
+        the transformer with 1e-3 on its weight matrices only (not on biases, LayerNorm or the
+        position embeddings, see ``TransformerDenoiser.get_optim_groups``) and 1e-6 on the image
+        encoder. An explicit ``weight_decay`` replaces the 1e-6 / 1e-3 of the denoiser."""
+        if self.config.denoiser == "unet":
+            return super().optim_groups(weight_decay)
+        groups = self.denoiser.get_optim_groups(1e-3 if weight_decay is None else weight_decay)
+        in_denoiser = {id(p) for p in self.denoiser.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in in_denoiser]
+        return groups + ([{"params": rest, "weight_decay": 1e-6}] if rest else [])
+
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         obs = {k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes}
         check_obs(obs, self.config.obs_shapes, self.config.n_obs_steps)
