@@ -41,3 +41,26 @@ python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-env
     --policy dp_unet_small_18k_ddpm100=runs/kitchen_dp_small_30k/checkpoints/latest \
     --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
     --out-dir "$OUT/dp18k_ddpm100"
+
+# Session 5: the 18000-step run (copied) resumed to 30000 steps; the cosine schedule re-spans the
+# new total (a warm restart at 3.5e-5), DDPM-100.
+cp -r runs/kitchen_dp_small_30k runs/kitchen_dp_small_30kr
+python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
+    --steps 30000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 5000 --log-every 200 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_30kr --resume
+python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+    --policy dp_unet_small_30k_ddpm100=runs/kitchen_dp_small_30kr/checkpoints/latest \
+    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
+    --out-dir "$OUT/dp30k_ddpm100"
+
+# Session 7: the transformer denoiser with the paper's kitchen settings for it (To=4, attention
+# dropout 0.1, weight decay 1e-3 on its weight matrices), at the small size (4 layers, width 128:
+# the paper's 8 x 768 is GPU work), 16000 steps, DDPM-100.
+python -m dp_gym.train --task kitchen_complete --policy diffusion --denoiser transformer --model-size small \
+    --n-obs-steps 4 --policy-overrides '{"p_drop_attn": 0.1}' \
+    --steps 16000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 4000 --log-every 200 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_dpt_small_16k --resume
+python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+    --policy dp_transformer_small_16k_ddpm100=runs/kitchen_dpt_small_16k/checkpoints/latest \
+    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
+    --out-dir "$OUT/dpt16k_ddpm100"
