@@ -8,6 +8,14 @@ set -euo pipefail
 OUT=${OUT:-benchmarks/results/kitchen_complete_cpu}
 THREADS=${THREADS:-1}
 
+# Score one diffusion checkpoint with the paper's DDPM-100 sampler: ddpm100_eval NAME RUN_DIR OUT_SUBDIR
+ddpm100_eval() {
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "$1=$2/checkpoints/latest" \
+        --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
+        --out-dir "$OUT/$3"
+}
+
 python benchmarks/kitchen_replay_check.py --one-step --frame-skips 30,35,40,45,50 --out "$OUT/replay_check.json"
 
 # Diffusion: was started with --steps 8000 and, at the step-2000 checkpoint, resumed with --steps 6000
@@ -27,20 +35,14 @@ python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-env
 
 # The same diffusion checkpoint with the paper's DDPM-100 sampler (10x slower, ~2x lower action error
 # at this training budget).
-python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
-    --policy dp_unet_small_ddpm100=runs/kitchen_dp_small/checkpoints/latest \
-    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
-    --out-dir "$OUT/ddpm100"
+ddpm100_eval dp_unet_small_ddpm100 runs/kitchen_dp_small ddpm100
 
 # Session 3: the same model trained 3x longer (started with --steps 30000 and resumed at its
 # step-5000 checkpoint with --steps 18000, so the cosine schedule reaches 0 within the budget), DDPM-100.
 python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
     --steps 18000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 5000 --log-every 200 \
     --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_30k --resume
-python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
-    --policy dp_unet_small_18k_ddpm100=runs/kitchen_dp_small_30k/checkpoints/latest \
-    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
-    --out-dir "$OUT/dp18k_ddpm100"
+ddpm100_eval dp_unet_small_18k_ddpm100 runs/kitchen_dp_small_30k dp18k_ddpm100
 
 # Session 5: the 18000-step run (copied) resumed to 30000 steps; the cosine schedule re-spans the
 # new total (a warm restart at 3.5e-5), DDPM-100.
@@ -48,10 +50,7 @@ cp -r runs/kitchen_dp_small_30k runs/kitchen_dp_small_30kr
 python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
     --steps 30000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 5000 --log-every 200 \
     --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_30kr --resume
-python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
-    --policy dp_unet_small_30k_ddpm100=runs/kitchen_dp_small_30kr/checkpoints/latest \
-    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
-    --out-dir "$OUT/dp30k_ddpm100"
+ddpm100_eval dp_unet_small_30k_ddpm100 runs/kitchen_dp_small_30kr dp30k_ddpm100
 
 # Session 7: the transformer denoiser with the paper's kitchen settings for it (To=4, attention
 # dropout 0.1, weight decay 1e-3 on its weight matrices), at the small size (4 layers, width 128:
@@ -60,7 +59,4 @@ python -m dp_gym.train --task kitchen_complete --policy diffusion --denoiser tra
     --n-obs-steps 4 --policy-overrides '{"p_drop_attn": 0.1}' \
     --steps 16000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 4000 --log-every 200 \
     --num-threads "$THREADS" --out-dir runs/kitchen_dpt_small_16k --resume
-python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
-    --policy dp_transformer_small_16k_ddpm100=runs/kitchen_dpt_small_16k/checkpoints/latest \
-    --sampler ddpm --num-inference-steps 100 --videos 1 --latency-repeats 3 --num-threads "$THREADS" \
-    --out-dir "$OUT/dpt16k_ddpm100"
+ddpm100_eval dp_transformer_small_16k_ddpm100 runs/kitchen_dpt_small_16k dpt16k_ddpm100

@@ -72,6 +72,10 @@ def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_image
         )
 
 
+# The paper's AdamW weight decay for its MLP / UNet policies and its image encoder.
+DEFAULT_WEIGHT_DECAY = 1e-6
+
+
 class NormalizedPolicy(nn.Module):
     """Base module holding one normaliser per observation key and one for the action."""
 
@@ -93,9 +97,10 @@ class NormalizedPolicy(nn.Module):
         self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
 
     def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:
-        """AdamW parameter groups; ``weight_decay=None`` takes the policy's default (1e-6, the
-        paper's value for its MLP / UNet policies). Subclasses split groups where the paper does."""
-        return [{"params": list(self.parameters()), "weight_decay": 1e-6 if weight_decay is None else float(weight_decay)}]
+        """AdamW parameter groups; ``weight_decay=None`` takes the policy's default
+        (``DEFAULT_WEIGHT_DECAY``). Subclasses split groups where the paper does."""
+        wd = DEFAULT_WEIGHT_DECAY if weight_decay is None else float(weight_decay)
+        return [{"params": list(self.parameters()), "weight_decay": wd}]
 
     def normalized_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, D_k) per low-dim key → (B, To, sum D_k), normalised, keys in config order."""

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dp_gym.policies.base import NormalizedPolicy
+from dp_gym.policies.base import DEFAULT_WEIGHT_DECAY, NormalizedPolicy
 from dp_gym.policies.diffusion.accelerate import DenoisingLoop, SamplingAccelerator
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.scheduler import NoiseScheduler
@@ -91,16 +91,16 @@ class DiffusionPolicy(NormalizedPolicy):
 
     # --- training -------------------------------------------------------------------------
     def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:
-        """As the paper trains its denoisers: the UNet with weight decay 1e-6 on every parameter;
-        the transformer with 1e-3 on its weight matrices only (not on biases, LayerNorm or the
-        position embeddings, see ``TransformerDenoiser.get_optim_groups``) and 1e-6 on the image
-        encoder. An explicit ``weight_decay`` replaces the 1e-6 / 1e-3 of the denoiser."""
+        """As the paper trains its denoisers: the UNet with ``DEFAULT_WEIGHT_DECAY`` (1e-6) on every
+        parameter; the transformer with 1e-3 on its weight matrices only (not on biases, LayerNorm
+        or the position embeddings, see ``TransformerDenoiser.get_optim_groups``) and 1e-6 on the
+        image encoder. An explicit ``weight_decay`` replaces the 1e-6 / 1e-3 of the denoiser."""
         if self.config.denoiser == "unet":
             return super().optim_groups(weight_decay)
         groups = self.denoiser.get_optim_groups(1e-3 if weight_decay is None else weight_decay)
         in_denoiser = {id(p) for p in self.denoiser.parameters()}
         rest = [p for p in self.parameters() if id(p) not in in_denoiser]
-        return groups + ([{"params": rest, "weight_decay": 1e-6}] if rest else [])
+        return groups + ([{"params": rest, "weight_decay": DEFAULT_WEIGHT_DECAY}] if rest else [])
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         obs = {k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes}
