@@ -16,6 +16,14 @@ dimensions, not the gripper) while the dataset stores the expert's clean action.
 expert then corrects the perturbation, so the demos show how to recover from states slightly off
 the expert's path, which plain scripted demos never visit. Under noise the absolute actions are
 not stored: the controller goal after a noisy step is not the expert's command.
+
+``--post-success-steps N`` keeps recording the expert for N steps after the task first succeeds
+(default 0: the demo ends at its first success, as the evaluation env terminates there). Why: in
+Can the success check also needs the gripper clear of the can, which the expert reaches two or
+three steps into opening the gripper, so demos that stop there hold almost no frame of an open
+gripper next to a placed can, and a policy that reaches that state (e.g. after lowering the can
+further than any demo) has never seen the retreat that follows. An episode is kept only if it is
+still a success at its last recorded step; its HDF5 attrs record ``first_success_step``.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class EpisodeResult:
     length: int
     strategy: str
     data: dict[str, Any] | None = None  # arrays of a successful episode (when recording)
+    first_success_step: int | None = None  # 1-based step of the first success (None: never)
 
 
 _WORKER: dict[str, Any] = {}
@@ -62,16 +71,20 @@ def _get_env_and_expert_cls(expert: str, cameras: tuple[str, ...], image_size: i
 
 
 def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tuple[str, ...] = (),
-                       image_size: int = 84, action_noise: float = 0.0) -> EpisodeResult:
+                       image_size: int = 84, action_noise: float = 0.0, post_success_steps: int = 0) -> EpisodeResult:
     """One expert episode from ``reset(seed=seed)`` (env and expert cached per process).
 
     ``action_noise`` > 0 perturbs the executed pose actions (see the module docstring); the
-    recorded ``actions`` stay the expert's own."""
+    recorded ``actions`` stay the expert's own. ``post_success_steps`` > 0 keeps stepping the
+    expert that many steps past the first success (also past the time limit); the episode counts
+    as a success only if the task is still solved at its last step."""
     from dp_gym.envs.robosuite_env import DELTA_DIM
     from dp_gym.utils.rotation import rot6d_to_axis_angle
 
     if not (np.isfinite(action_noise) and action_noise >= 0):
         raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise}")
+    if int(post_success_steps) != post_success_steps or post_success_steps < 0:
+        raise ValueError(f"post_success_steps must be an integer >= 0, got {post_success_steps}")
     env, cls = _get_env_and_expert_cls(expert, tuple(cameras), image_size)
     obs, info = env.reset(seed=seed)
     ex = cls(env, seed=seed)
@@ -83,8 +96,9 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
     # Under noise the controller goal after a step is not the expert's command: no abs actions.
     record_abs = action_noise == 0
     actions, abs_actions, states, rewards = [], [], [], []
-    success, t = False, 0
-    for t in range(1, env.max_episode_steps + 1):
+    success, t, first_success = False, 0, None
+    while True:
+        t += 1
         if record:
             states.append(env.get_state())
         a = ex.act()
@@ -100,7 +114,12 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
                 abs10 = info["abs_action"].reshape(env.n_arms, 10)
                 abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), abs10[:, 9:]], -1).reshape(-1))
         success = bool(info["is_success"])
-        if terminated or truncated:
+        if success and first_success is None:
+            first_success = t
+        if first_success is not None:
+            if t >= first_success + post_success_steps:
+                break
+        elif terminated or truncated:
             break
     data = None
     if record and success:
@@ -120,7 +139,8 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
                     actions_abs=np.asarray(abs_actions, np.float32) if record_abs else None,
                     states=np.asarray(states),
                     rewards=np.asarray(rewards, np.float64), dones=dones)
-    return EpisodeResult(seed=seed, success=success, length=t, strategy=ex.strategy, data=data)
+    return EpisodeResult(seed=seed, success=success, length=t, strategy=ex.strategy, data=data,
+                         first_success_step=first_success)
 
 
 def _worker_run(args: tuple) -> EpisodeResult:
@@ -128,7 +148,8 @@ def _worker_run(args: tuple) -> EpisodeResult:
 
 
 def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True, cameras: tuple[str, ...] = (),
-            image_size: int = 84, progress: bool = True, action_noise: float = 0.0) -> list[EpisodeResult]:
+            image_size: int = 84, progress: bool = True, action_noise: float = 0.0,
+            post_success_steps: int = 0) -> list[EpisodeResult]:
     """Run the expert on each seed (in ``workers`` spawned processes); results in seed order."""
     from tqdm import tqdm
 
@@ -138,7 +159,7 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
         raise ValueError(f"unknown expert {expert!r}; available: {sorted(EXPERTS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    jobs = [(expert, s, record, tuple(cameras), image_size, action_noise) for s in seeds]
+    jobs = [(expert, s, record, tuple(cameras), image_size, action_noise, post_success_steps) for s in seeds]
     results: list[EpisodeResult] = []
     bar = tqdm(total=len(jobs), desc=f"{expert} expert", unit="ep", disable=not progress)
 
@@ -161,7 +182,8 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
     return sorted(results, key=lambda r: r.seed)
 
 
-def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noise: float = 0.0) -> dict[str, Any]:
+def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noise: float = 0.0,
+              post_success_steps: int = 0) -> dict[str, Any]:
     from dp_gym.envs.robosuite_env import CONTROL_FREQ, ROBOSUITE_TASKS
     from dp_gym.experts import TASK_OF_EXPERT
 
@@ -175,6 +197,7 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noi
         kwargs.update(camera_names=list(cameras), camera_heights=image_size, camera_widths=image_size)
     return {"env_name": spec.env_name, "type": 1, "env_kwargs": kwargs,
             "dp_gym": {"expert": expert, "actions": "delta", "action_noise": action_noise,
+                       "post_success_steps": post_success_steps,
                        "actions_abs": None if action_noise > 0 else "pos+axis_angle+gripper (world)"}}
 
 
@@ -189,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=84)
     p.add_argument("--action-noise", type=float, default=0.0,
                    help="std of Gaussian noise added to the executed pose actions (DART); stored actions stay clean")
+    p.add_argument("--post-success-steps", type=int, default=0,
+                   help="keep recording the expert this many steps after the first success (see the module docstring)")
     p.add_argument("--stats-json", type=str, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -196,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--episodes must be >= 1")
     if not (np.isfinite(args.action_noise) and args.action_noise >= 0):
         p.error(f"--action-noise must be a finite number >= 0, got {args.action_noise}")
+    if args.post_success_steps < 0:
+        p.error(f"--post-success-steps must be >= 0, got {args.post_success_steps}")
     cameras = tuple(c for c in args.cameras.split(",") if c)
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     t0 = time.time()
     results = collect(args.task, seeds, workers=args.workers, record=args.out is not None, cameras=cameras,
-                      image_size=args.image_size, progress=not args.no_progress, action_noise=args.action_noise)
+                      image_size=args.image_size, progress=not args.no_progress, action_noise=args.action_noise,
+                      post_success_steps=args.post_success_steps)
     wall = time.time() - t0
     ok = [r for r in results if r.success]
     rate = len(ok) / len(results)
@@ -219,16 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         episodes = (RobomimicEpisode(obs=r.data["obs"], next_obs=r.data["next_obs"], actions=r.data["actions"],
                                      states=r.data["states"], rewards=r.data["rewards"], dones=r.data["dones"],
                                      extras={} if r.data["actions_abs"] is None else {"actions_abs": r.data["actions_abs"]},
-                                     attrs={"seed": r.seed, "strategy": r.strategy}) for r in ok)
-        write_robomimic_hdf5(args.out, episodes, env_args=_env_args(args.task, cameras, args.image_size, args.action_noise),
+                                     attrs={"seed": r.seed, "strategy": r.strategy,
+                                            "first_success_step": r.first_success_step}) for r in ok)
+        write_robomimic_hdf5(args.out, episodes, env_args=_env_args(args.task, cameras, args.image_size, args.action_noise,
+                                                                args.post_success_steps),
                              attrs={"expert_success_rate": rate, "seeds": json.dumps([r.seed for r in ok]),
                                     "strategies": json.dumps([r.strategy for r in ok])})
         print(f"wrote {len(ok)} demos to {args.out}")
     if args.stats_json:
         stats = {"task": args.task, "seeds": [seeds[0], seeds[-1] + 1], "attempts": len(results),
-                 "action_noise": args.action_noise,
+                 "action_noise": args.action_noise, "post_success_steps": args.post_success_steps,
                  "successes": len(ok), "success_rate": rate, "per_strategy": by_strategy, "wall_s": wall,
-                 "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy}
+                 "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy,
+                               "first_success_step": r.first_success_step}
                               for r in results],
                  "command": command_line("dp_gym.collect", argv)}
         atomic_write_json(Path(args.stats_json), stats)

@@ -72,6 +72,10 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads (0: torch default)
     mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with loss scaling)
     resume: bool = False
+    # Fine-tuning: start from this checkpoint's (EMA) weights, normalisers and policy config (so
+    # --model-size, --denoiser, --horizon, --n-obs-steps, --n-action-steps are not used) instead
+    # of a fresh policy; optimiser, schedule and EMA start afresh.
+    init_from: str | None = None
     policy_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,6 +111,23 @@ def build_policy_config(cfg: TrainConfig, obs_shapes: dict[str, list[int]], acti
         pc.update(horizon=cfg.n_obs_steps + cfg.n_action_steps - 1, **sizes[cfg.model_size])
     pc.update(cfg.policy_overrides)
     return pc
+
+
+def init_policy_from_checkpoint(cfg: TrainConfig, obs_shapes: dict[str, list[int]], action_dim: int) -> nn.Module:
+    """The policy of checkpoint ``cfg.init_from`` (weights, normalisers, config), checked against
+    the policy type asked for and the task's observation and action shapes."""
+    from dp_gym.checkpoint import load_policy
+
+    policy, meta = load_policy(cfg.init_from)
+    if meta["policy_type"] != cfg.policy:
+        raise ValueError(f"--init-from {cfg.init_from} holds a {meta['policy_type']!r} policy, not --policy {cfg.policy!r}")
+    if cfg.policy_overrides:
+        raise ValueError("--policy-overrides cannot be combined with --init-from (the checkpoint's config fixes the policy)")
+    got = meta["policy_config"]
+    if got["obs_shapes"] != obs_shapes or got["action_dim"] != action_dim:
+        raise ValueError(f"--init-from {cfg.init_from} expects observations {got['obs_shapes']} and {got['action_dim']}-d "
+                         f"actions; task {cfg.task!r} has {obs_shapes} and {action_dim}-d")
+    return policy.train()
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -198,14 +219,18 @@ def train(cfg: TrainConfig) -> Path:
     action_dim = episodes.arrays["action"].shape[-1]
 
     # --- policy, optimiser, EMA -----------------------------------------------------------
-    policy = make_policy(cfg.policy, build_policy_config(cfg, obs_shapes, action_dim)).to(device)
+    if cfg.init_from:
+        policy = init_policy_from_checkpoint(cfg, obs_shapes, action_dim).to(device)
+    else:
+        policy = make_policy(cfg.policy, build_policy_config(cfg, obs_shapes, action_dim)).to(device)
     pcfg = policy.config
     ds_kw = dict(horizon=pcfg.horizon, n_obs_steps=pcfg.n_obs_steps, n_action_steps=pcfg.n_action_steps, obs_keys=list(task.obs_keys))
     train_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=train_mask, **ds_kw)
     val_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=~train_mask, **ds_kw) if (~train_mask).any() else None
     train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
     frames_t = torch.as_tensor(train_frames, device=device)
-    policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
+    if not cfg.init_from:  # a fine-tuned policy keeps the normalisers its weights were trained with
+        policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
     opt = torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)

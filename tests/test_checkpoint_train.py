@@ -235,6 +235,50 @@ def test_train_config_validation(tmp_path, toy_task):
         train(_cfg(tmp_path / "y", task="no_such_task"))
 
 
+def _scaled_toy_episodes(scale: float, obs_dim: int = 3):
+    def load(_data_dir=None) -> EpisodeData:
+        ep = _toy_episodes()
+        obs = np.concatenate([ep.arrays["obs"]] + [ep.arrays["obs"][:, :1]] * (obs_dim - 3), axis=1)
+        return EpisodeData({"obs": obs, "action": ep.arrays["action"] * scale}, ep.episode_ends)
+    return load
+
+
+def test_init_from_fine_tunes_a_checkpoint_on_new_data(tmp_path, toy_task, monkeypatch, capsys):
+    """--init-from starts from the checkpoint's weights and keeps its normalisers (a refit on the
+    new data would change them); the optimiser and schedule start afresh."""
+    src = train(_cfg(tmp_path / "src", steps=20))
+    src_sd = load_tensors(src / "model.safetensors")[0]
+    for name, scale, dim in (("toy3x", 3.0, 3), ("toy_wide", 1.0, 4)):
+        monkeypatch.setitem(tasks_mod.TASKS, name, tasks_mod.Task(
+            name=name, env_id="dp_gym/None-v0", env_kwargs={}, load_dataset=_scaled_toy_episodes(scale, dim),
+            obs_keys=("obs",), max_episode_steps=10))
+    # lr 0: nothing moves, so the fine-tuned checkpoint must be the source checkpoint exactly
+    frozen = train(_cfg(tmp_path / "frozen", task="toy3x", steps=10, lr=0.0, policy_overrides={}, init_from=str(src)))
+    frozen_sd = load_tensors(frozen / "model.safetensors")[0]
+    assert frozen_sd.keys() == src_sd.keys()
+    for k in src_sd:
+        torch.testing.assert_close(frozen_sd[k], src_sd[k], rtol=0, atol=0, msg=k)
+    # with learning the weights move, from the source's config (not --model-size small's widths)
+    tuned = train(_cfg(tmp_path / "tuned", task="toy3x", steps=20, policy_overrides={}, init_from=str(src)))
+    policy, meta = load_policy(tuned)
+    assert policy.config.down_dims == [16, 32] and meta["train_config"]["init_from"] == str(src)
+    tuned_sd = load_tensors(tuned / "model.safetensors")[0]
+    torch.testing.assert_close(tuned_sd["action_normalizer.scale"], src_sd["action_normalizer.scale"], rtol=0, atol=0)
+    assert any(not torch.equal(tuned_sd[k], src_sd[k]) for k in src_sd if "normalizer" not in k)
+    assert [r["step"] for r in _rows(tmp_path / "tuned")] == [10, 20]
+    # a scratch run on the same data fits its own normalisers
+    scratch_sd = load_tensors(train(_cfg(tmp_path / "scratch", task="toy3x", steps=10)) / "model.safetensors")[0]
+    assert not torch.equal(scratch_sd["action_normalizer.scale"], src_sd["action_normalizer.scale"])
+    with pytest.raises(ValueError, match=r"expects observations \{'obs': \[3\]\}.*has \{'obs': \[4\]\}"):
+        train(_cfg(tmp_path / "wide", task="toy_wide", policy_overrides={}, init_from=str(src)))
+    with pytest.raises(ValueError, match="holds a 'diffusion' policy, not --policy 'bc'"):
+        train(_cfg(tmp_path / "bc", task="toy3x", policy="bc", policy_overrides={}, init_from=str(src)))
+    with pytest.raises(ValueError, match="--policy-overrides cannot be combined with --init-from"):
+        train(_cfg(tmp_path / "ov", task="toy3x", init_from=str(src)))
+    with pytest.raises(FileNotFoundError):
+        train(_cfg(tmp_path / "none", task="toy3x", policy_overrides={}, init_from=str(tmp_path / "nowhere")))
+
+
 def test_mixed_precision_bf16_trains_and_fp16_needs_cuda(tmp_path, toy_task):
     out = tmp_path / "bf16"
     train(_cfg(out, steps=10, mixed_precision="bf16"))

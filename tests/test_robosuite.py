@@ -403,6 +403,23 @@ def test_action_noise_perturbs_executed_actions_but_records_clean_ones(rs, monke
         collect.run_expert_episode("lift", seed=11, record=False, action_noise=-0.1)
 
 
+def test_post_success_steps_extend_the_demo_past_its_first_success(rs, lift_demo) -> None:
+    """The extended demo is the plain demo (which ends at the first success) plus N more expert
+    steps, still successful at the end; a negative N is refused."""
+    from dp_gym import collect
+
+    n = lift_demo.length
+    assert lift_demo.first_success_step == n and len(lift_demo.data["actions"]) == n
+    ext = collect.run_expert_episode("lift", seed=11, record=True, post_success_steps=6)
+    assert ext.success and ext.first_success_step == n and ext.length == n + 6
+    np.testing.assert_array_equal(ext.data["actions"][:n], lift_demo.data["actions"])
+    np.testing.assert_array_equal(ext.data["states"][:n], lift_demo.data["states"])
+    assert len(ext.data["actions"]) == len(ext.data["obs"]["object"]) == n + 6
+    assert ext.data["dones"].tolist() == [0] * (n + 5) + [1]
+    with pytest.raises(ValueError, match="post_success_steps must be an integer >= 0"):
+        collect.run_expert_episode("lift", seed=11, record=False, post_success_steps=-1)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("expert", ["lift", "can", "square"])
 def test_expert_success_rate_on_ten_seeds(rs, expert: str) -> None:
@@ -438,6 +455,8 @@ def test_collect_cli_writes_only_successes(rs, tmp_path: Path, capsys) -> None:
     assert read_env_args(out)["env_name"] == "Lift"
     first = load_episode(out, "demo_0")["attrs"]
     assert first["seed"] in (5, 6) and first["strategy"] in ("face_a", "face_b")
+    assert first["first_success_step"] == first["num_samples"]  # no --post-success-steps: ends at success
+    assert read_env_args(out)["dp_gym"]["post_success_steps"] == 0 == s["post_success_steps"]
     ab = read_robomimic_hdf5(out, obs_keys=["object"], action_key="actions_abs")
     assert ab.arrays["action"].shape == (data.n_frames, 7)
     # absolute targets lie near the end effector: the goal is at most one 5 cm step ahead
