@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_tensors, save_policy
+from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_policy, load_tensors, save_policy
 from dp_gym.data.sequence import SequenceDataset, split_episodes
 from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
@@ -116,8 +116,6 @@ def build_policy_config(cfg: TrainConfig, obs_shapes: dict[str, list[int]], acti
 def init_policy_from_checkpoint(cfg: TrainConfig, obs_shapes: dict[str, list[int]], action_dim: int) -> nn.Module:
     """The policy of checkpoint ``cfg.init_from`` (weights, normalisers, config), checked against
     the policy type asked for and the task's observation and action shapes."""
-    from dp_gym.checkpoint import load_policy
-
     policy, meta = load_policy(cfg.init_from)
     if meta["policy_type"] != cfg.policy:
         raise ValueError(f"--init-from {cfg.init_from} holds a {meta['policy_type']!r} policy, not --policy {cfg.policy!r}")
@@ -227,9 +225,9 @@ def train(cfg: TrainConfig) -> Path:
     ds_kw = dict(horizon=pcfg.horizon, n_obs_steps=pcfg.n_obs_steps, n_action_steps=pcfg.n_action_steps, obs_keys=list(task.obs_keys))
     train_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=train_mask, **ds_kw)
     val_set = SequenceDataset(tensors, episodes.episode_ends, episode_mask=~train_mask, **ds_kw) if (~train_mask).any() else None
-    train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
-    frames_t = torch.as_tensor(train_frames, device=device)
     if not cfg.init_from:  # a fine-tuned policy keeps the normalisers its weights were trained with
+        train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
+        frames_t = torch.as_tensor(train_frames, device=device)
         policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
     opt = torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))

@@ -31,7 +31,7 @@ def classify(agent: DiffusionAgent, env, seed: int) -> dict:
     obs, _ = env.reset(seed=seed)
     agent.reset(1)
     agent.set_noise_key(0, seed)
-    rs = env.unwrapped._env
+    rs = env.unwrapped.robosuite_env
     can_id = rs.obj_body_id["Can"]
     bin_id = rs.object_to_id["can"]
     z0 = float(rs.sim.data.body_xpos[can_id][2])
