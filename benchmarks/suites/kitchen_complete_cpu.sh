@@ -60,3 +60,13 @@ python -m dp_gym.train --task kitchen_complete --policy diffusion --denoiser tra
     --steps 16000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --keep-every 4000 --log-every 200 \
     --num-threads "$THREADS" --out-dir runs/kitchen_dpt_small_16k --resume
 ddpm100_eval dp_transformer_small_16k_ddpm100 runs/kitchen_dpt_small_16k dpt16k_ddpm100
+
+# Session 9: the IBC baseline (single-step energy MLP, 128 counter-examples, DFO 1024 samples x 3
+# iterations; the Push-T recipe), 10000 steps, scored with the same seeds.
+python -m dp_gym.train --task kitchen_complete --policy ibc --model-size small --n-action-steps 1 \
+    --policy-overrides '{"n_counter_examples": 128, "chunked": false}' \
+    --steps 10000 --batch-size 64 --lr 1e-4 --warmup-steps 500 --val-ratio 0 --checkpoint-every 1000 --log-every 500 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_ibc --resume
+python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+    --policy ibc_single=runs/kitchen_ibc/checkpoints/latest --videos 1 --latency-repeats 10 \
+    --num-threads "$THREADS" --out-dir "$OUT/ibc"
