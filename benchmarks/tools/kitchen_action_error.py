@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import numpy as np
 import torch
 
 from dp_gym.agent import DiffusionAgent
-from dp_gym.data.d4rl import read_d4rl_hdf5
+from dp_gym.data.replay import EpisodeData
+from dp_gym.tasks import get_task
 
 
-def teacher_forced_mse(agent: DiffusionAgent, obs: np.ndarray, actions: np.ndarray, episode_ends: np.ndarray,
-                       frames: int) -> float:
-    starts = np.concatenate([[0], episode_ends[:-1]])
+def teacher_forced_mse(agent: DiffusionAgent, data: EpisodeData, frames: int) -> float:
+    obs, actions = data.arrays["obs"], data.arrays["action"]
     errors = []
-    for start, end in zip(starts, episode_ends):
+    for start, end in zip(data.episode_starts, data.episode_ends):
         agent.reset()
         for t in range(int(start), int(min(end, start + frames))):
             action, _ = agent.predict(obs[t], deterministic=True)
@@ -38,26 +37,20 @@ def teacher_forced_mse(agent: DiffusionAgent, obs: np.ndarray, actions: np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("policies", nargs="+", help="NAME=CHECKPOINT_DIR")
-    parser.add_argument("--dataset", default=None,
-                        help="D4RL HDF5 file (default: $DP_GYM_DATA_DIR/kitchen/kitchen_complete-v0.hdf5)")
+    parser.add_argument("--data-dir", default=None, help="data directory (default: $DP_GYM_DATA_DIR, else ./data)")
     parser.add_argument("--frames", type=int, default=64, help="frames scored from the start of each demo")
     args = parser.parse_args()
-    if args.dataset is None:
-        if "DP_GYM_DATA_DIR" not in os.environ:
-            parser.error("give --dataset or set DP_GYM_DATA_DIR")
-        args.dataset = os.path.join(os.environ["DP_GYM_DATA_DIR"], "kitchen", "kitchen_complete-v0.hdf5")
     if args.frames < 1:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     torch.set_num_threads(1)
-    data = read_d4rl_hdf5(args.dataset)
-    obs, actions = data.arrays["obs"], data.arrays["action"]
-    out = {"dataset": args.dataset, "frames_per_demo": args.frames,
-           "action_variance_per_dim": float(actions.var(axis=0).mean()), "mse": {}}
+    data = get_task("kitchen_complete").load_dataset(args.data_dir)  # the training reader, same missing-file error
+    out = {"task": "kitchen_complete", "frames_per_demo": args.frames,
+           "action_variance_per_dim": float(data.arrays["action"].var(axis=0).mean()), "mse": {}}
     for spec in args.policies:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"policy must be NAME=CHECKPOINT_DIR, got {spec!r}")
-        out["mse"][name] = teacher_forced_mse(DiffusionAgent.load(path), obs, actions, data.episode_ends, args.frames)
+        out["mse"][name] = teacher_forced_mse(DiffusionAgent.load(path), data, args.frames)
     print(json.dumps(out, indent=2))
 
 
