@@ -85,6 +85,7 @@ def test_unet_bad_shapes_raise():
         (dict(horizon=18, down_dims=[16, 32, 64]), "divisible by 4"),
         (dict(horizon=9, n_obs_steps=1, n_action_steps=8, down_dims=[16, 32]), "divisible by 2"),
         (dict(sampler="euler"), "sampler must be"),
+        (dict(prediction_type="v_prediction"), "prediction_type must be one of"),
         (dict(num_inference_steps=200), "cannot exceed"),
         (dict(action_dim=0), "action_dim must be >= 1"),
         (dict(obs_shapes={}), "at least one"),
@@ -102,6 +103,8 @@ def test_config_dict_round_trip():
     assert DiffusionConfig.from_dict(d) == c
     with pytest.raises(ValueError, match="unknown DiffusionConfig keys"):
         DiffusionConfig.from_dict({**d, "bogus": 1})
+    # configs saved before prediction_type existed load as the paper's ε-prediction
+    assert DiffusionConfig.from_dict({k: v for k, v in d.items() if k != "prediction_type"}).prediction_type == "epsilon"
     # transformer horizons need no divisibility
     assert tiny_config(denoiser="transformer", horizon=10).horizon == 10
 
@@ -205,9 +208,9 @@ def _synthetic(n=256, to=2, horizon=16, seed=0):
     return obs, act
 
 
-@pytest.mark.parametrize("denoiser", ["unet", "transformer"])
-def test_short_training_lowers_loss(denoiser):
-    kw = dict(denoiser=denoiser)
+@pytest.mark.parametrize("denoiser,prediction_type", [("unet", "epsilon"), ("transformer", "epsilon"), ("unet", "sample")])
+def test_short_training_lowers_loss(denoiser, prediction_type):
+    kw = dict(denoiser=denoiser, prediction_type=prediction_type)
     if denoiser == "transformer":
         kw.update(n_layer=1, n_head=2, n_emb=32, p_drop_attn=0.0)
     torch.manual_seed(0)
@@ -230,9 +233,12 @@ def test_transformer_denoiser_shapes():
     assert p.predict_chunk(obs_batch(), sampler="ddim").shape == (3, 8, A)
 
 
-def test_multimodal_actions_are_not_averaged():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_multimodal_actions_are_not_averaged(prediction_type):
     """Two equally good action modes (all +0.7 or all -0.7) from the same observation: the
-    diffusion policy samples both modes; an MSE regressor predicts their average (≈ 0)."""
+    diffusion policy samples both modes; an MSE regressor predicts their average (≈ 0). With
+    x₀-prediction the network's output at high noise is that average too, but the chain still
+    commits to one mode."""
     H, To, Ta, N = 8, 1, 4, 256
     sign = torch.where(torch.arange(N) % 2 == 0, 1.0, -1.0)
     act = (0.7 * sign).view(N, 1, 1).expand(N, H, 1).contiguous()
@@ -240,7 +246,8 @@ def test_multimodal_actions_are_not_averaged():
 
     torch.manual_seed(0)
     cfg = DiffusionConfig(obs_shapes={"obs": [1]}, action_dim=1, horizon=H, n_obs_steps=To, n_action_steps=Ta,
-                          down_dims=[32, 64], diffusion_step_embed_dim=32, sampler="ddim", num_inference_steps=10)
+                          down_dims=[32, 64], diffusion_step_embed_dim=32, sampler="ddim", num_inference_steps=10,
+                          prediction_type=prediction_type)
     p = DiffusionPolicy(cfg)
     p.fit_normalizers({"obs": obs, "action": act})
     losses = _train(p, obs, act, steps=300, lr=1e-3, bs=64)

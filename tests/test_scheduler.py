@@ -160,6 +160,37 @@ def test_ddim_clip_keeps_model_eps():
     torch.testing.assert_close(s.ddim_step(eps, t, x_t, prev), torch.full((1, 2, 1), expected), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("t,prev_t", [(0, -1), (1, 0), (37, 27), (90, 80), (98, 97)])
+def test_sample_prediction_is_the_same_step_as_eps_prediction(t, prev_t):
+    """Given the true x₀ (x₀-prediction) or the true ε (ε-prediction) of the same x_t, both
+    parameterisations take the same DDPM and DDIM steps; the training targets are x₀ and ε."""
+    s_eps = NoiseScheduler(T, prediction_type="epsilon")
+    s_x0 = NoiseScheduler(T, prediction_type="sample")
+    g = torch.Generator().manual_seed(t)
+    x0 = torch.rand(3, 8, 2, generator=g) * 1.8 - 0.9
+    eps = torch.randn(3, 8, 2, generator=g)
+    x_t = s_eps.add_noise(x0, eps, torch.full((3,), t))
+    tol = 1e-4 if t < 90 else 5e-3
+    torch.testing.assert_close(s_x0.ddim_step(x0, t, x_t, prev_t), s_eps.ddim_step(eps, t, x_t, prev_t), atol=tol, rtol=0)
+    noise = torch.randn(3, 8, 2, generator=g)
+    torch.testing.assert_close(s_x0.ddpm_step(x0, t, x_t, noise, prev_t), s_eps.ddpm_step(eps, t, x_t, noise, prev_t),
+                               atol=tol, rtol=0)
+    assert s_eps.training_target(x0, eps) is eps and s_x0.training_target(x0, eps) is x0
+
+
+def test_sample_prediction_clips_the_network_output():
+    s = NoiseScheduler(T, prediction_type="sample")
+    x_t = torch.zeros(1, 2, 1)
+    # an x̂₀ of 5 is clipped to 1; the last step (prev_t = -1) returns x̂₀ itself
+    torch.testing.assert_close(s.ddim_step(torch.full_like(x_t, 5.0), 20, x_t, -1), torch.ones_like(x_t))
+    torch.testing.assert_close(s.ddpm_step(torch.full_like(x_t, -5.0), 20, x_t, None, -1), -torch.ones_like(x_t))
+
+
+def test_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        NoiseScheduler(T, prediction_type="v_prediction")
+
+
 # --- agreement with diffusers ---------------------------------------------------------------
 
 def _diffusers():
@@ -171,13 +202,14 @@ def _inputs(seed, shape=(3, 16, 2), scale=1.0):
     return torch.randn(shape, generator=g) * scale, torch.randn(shape, generator=g)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
 @pytest.mark.parametrize("n_inf", [100, 10])
-def test_matches_diffusers_ddpm(n_inf):
+def test_matches_diffusers_ddpm(n_inf, prediction_type):
     diffusers = _diffusers()
     ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                                  variance_type="fixed_small", prediction_type="epsilon")
+                                  variance_type="fixed_small", prediction_type=prediction_type)
     ref.set_timesteps(n_inf)
-    ours = NoiseScheduler(T, "squaredcos_cap_v2", clip_sample=True)
+    ours = NoiseScheduler(T, "squaredcos_cap_v2", clip_sample=True, prediction_type=prediction_type)
     ts = ours.timesteps(n_inf)
     assert ts == ref.timesteps.tolist()
     torch.testing.assert_close(ours.alphas_cumprod, ref.alphas_cumprod.float(), atol=1e-6, rtol=1e-4)
@@ -192,13 +224,14 @@ def test_matches_diffusers_ddpm(n_inf):
             torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4, msg=f"t={t} prev={prev_t} scale={scale}")
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
 @pytest.mark.parametrize("n_inf", [100, 10])
-def test_matches_diffusers_ddim(n_inf):
+def test_matches_diffusers_ddim(n_inf, prediction_type):
     diffusers = _diffusers()
     ref = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                                  set_alpha_to_one=True, steps_offset=0, prediction_type="epsilon")
+                                  set_alpha_to_one=True, steps_offset=0, prediction_type=prediction_type)
     ref.set_timesteps(n_inf)
-    ours = NoiseScheduler(T, "squaredcos_cap_v2", clip_sample=True)
+    ours = NoiseScheduler(T, "squaredcos_cap_v2", clip_sample=True, prediction_type=prediction_type)
     ts = ours.timesteps(n_inf)
     assert ts == ref.timesteps.tolist()
     for i, t in enumerate(ts):
@@ -209,10 +242,14 @@ def test_matches_diffusers_ddim(n_inf):
         eps_true = torch.randn(3, 16, 2, generator=g)
         x_t = ours.add_noise(x0, eps_true, torch.full((3,), t))
         eps = eps_true + 0.05 * torch.randn(3, 16, 2, generator=g)
-        pred_x0 = (x_t - (1 - ours.alphas_cumprod[t]).sqrt() * eps) / ours.alphas_cumprod[t].sqrt()
+        if prediction_type == "epsilon":
+            out = eps
+            pred_x0 = (x_t - (1 - ours.alphas_cumprod[t]).sqrt() * eps) / ours.alphas_cumprod[t].sqrt()
+        else:
+            out = pred_x0 = x0 + 0.05 * torch.randn(3, 16, 2, generator=g)
         if pred_x0.abs().max() < 1:
-            expected = ref.step(eps, t, x_t, eta=0.0).prev_sample
-            torch.testing.assert_close(ours.ddim_step(eps, t, x_t, prev_t), expected, atol=1e-4, rtol=1e-4,
+            expected = ref.step(out, t, x_t, eta=0.0).prev_sample
+            torch.testing.assert_close(ours.ddim_step(out, t, x_t, prev_t), expected, atol=1e-4, rtol=1e-4,
                                        msg=f"t={t} (no clipping)")
         # (b) arbitrary inputs with clipping active: diffusers' default step (model ε kept)
         x_t, eps = _inputs(100 + i, scale=2.0)

@@ -42,11 +42,11 @@ class DenoisingLoop(nn.Module):
         t_batch = torch.empty(x.shape[0], device=x.device, dtype=torch.long)
         for i, t in enumerate(ts):
             prev_t = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = self.denoiser(x, t_batch.fill_(t), cond)
+            out = self.denoiser(x, t_batch.fill_(t), cond)  # ε or x̂₀, per the scheduler's prediction_type
             if self.sampler == "ddim":
-                x = self.scheduler.ddim_step(eps, t, x, prev_t)
+                x = self.scheduler.ddim_step(out, t, x, prev_t)
             else:
-                x = self.scheduler.ddpm_step(eps, t, x, noise[:, i + 1] if prev_t >= 0 else None, prev_t)
+                x = self.scheduler.ddpm_step(out, t, x, noise[:, i + 1] if prev_t >= 0 else None, prev_t)
         return x
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dp_gym.policies.base import ConfigDict, validate_policy_fields
+from dp_gym.policies.diffusion.scheduler import PREDICTION_TYPES
 
 
 @dataclass
@@ -47,6 +48,9 @@ class DiffusionConfig(ConfigDict):
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True
+    # What the denoiser predicts: "epsilon" (the noise; the paper's choice) or "sample" (the clean
+    # action sequence x₀). Checkpoints from before this field load as "epsilon".
+    prediction_type: str = "epsilon"
     sampler: str = "ddpm"  # "ddpm" | "ddim"
     num_inference_steps: int = 100
 
@@ -68,6 +72,8 @@ class DiffusionConfig(ConfigDict):
             factor = 2 ** (len(self.down_dims) - 1)
             if self.horizon % factor:
                 raise ValueError(f"UNet with {len(self.down_dims)} levels needs horizon divisible by {factor}, got {self.horizon}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
         if self.num_inference_steps > self.num_train_timesteps:

@@ -67,7 +67,7 @@ class DiffusionPolicy(NormalizedPolicy):
                 n_layer=c.n_layer, n_head=c.n_head, n_emb=c.n_emb, p_drop_emb=c.p_drop_emb,
                 p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn, n_cond_layers=c.n_cond_layers,
             )
-        self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample)
+        self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample, prediction_type=c.prediction_type)
         self.accelerator: SamplingAccelerator | None = None  # see DiffusionAgent.accelerate
         self.image_encoder: ImageObsEncoder | None = None
         if c.image_keys:
@@ -111,7 +111,7 @@ class DiffusionPolicy(NormalizedPolicy):
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.config.num_train_timesteps, (B,), device=x0.device)
         x_t = self.scheduler.add_noise(x0, noise, t)
-        return F.mse_loss(self.denoiser(x_t, t, cond), noise)
+        return F.mse_loss(self.denoiser(x_t, t, cond), self.scheduler.training_target(x0, noise))
 
     # --- sampling -------------------------------------------------------------------------
     def noise_shape(self, num_inference_steps: int | None = None, sampler: str | None = None) -> tuple[int, int, int]:

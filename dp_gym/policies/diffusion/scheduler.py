@@ -1,4 +1,4 @@
-"""DDPM / DDIM noise schedules for ε-prediction.
+"""DDPM / DDIM noise schedules for ε-prediction (the paper's) or x₀-prediction ("sample").
 
 Written here rather than taken from ``diffusers`` because the policy needs (a) every constant as a
 device tensor so the denoising loop runs without host syncs and can be graph-captured, (b) a
@@ -29,11 +29,22 @@ def betas_for_schedule(name: str, num_train_timesteps: int) -> torch.Tensor:
     raise ValueError(f"unknown beta schedule {name!r}; expected 'squaredcos_cap_v2' or 'linear'")
 
 
-class NoiseScheduler(nn.Module):
-    """Forward noising q(x_t | x_0) and reverse DDPM / DDIM steps, all in tensors (buffers)."""
+PREDICTION_TYPES = ("epsilon", "sample")
 
-    def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2", clip_sample: bool = True, clip_range: float = 1.0) -> None:
+
+class NoiseScheduler(nn.Module):
+    """Forward noising q(x_t | x_0) and reverse DDPM / DDIM steps, all in tensors (buffers).
+
+    ``prediction_type`` says what the network outputs: ``"epsilon"`` (the noise ε, the paper's
+    choice) or ``"sample"`` (x₀ itself, as e.g. 3D Diffusion Policy does). The steps take the raw
+    network output and convert it, as diffusers' schedulers do."""
+
+    def __init__(self, num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2", clip_sample: bool = True,
+                 clip_range: float = 1.0, prediction_type: str = "epsilon") -> None:
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
         self.num_train_timesteps = num_train_timesteps
         self.clip_sample = clip_sample
         self.clip_range = clip_range
@@ -51,6 +62,10 @@ class NoiseScheduler(nn.Module):
         ab = self.alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the network is regressed onto: ε or x₀, per ``prediction_type``."""
+        return noise if self.prediction_type == "epsilon" else x0
+
     # --- sampling -------------------------------------------------------------------------
     def timesteps(self, num_inference_steps: int) -> list[int]:
         """Descending timesteps used at inference (evenly strided, 'leading' spacing)."""
@@ -59,32 +74,39 @@ class NoiseScheduler(nn.Module):
         ratio = self.num_train_timesteps // num_inference_steps
         return [i * ratio for i in reversed(range(num_inference_steps))]
 
-    def _pred_x0(self, eps: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> torch.Tensor:
-        x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂₀ clipped, ε̂ unclipped) from the network output. ε̂ is derived from the unclipped x̂₀
+        when the network predicts x₀ (diffusers' default ``use_clipped_model_output=False``)."""
+        if self.prediction_type == "epsilon":
+            eps = model_output
+            x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+        else:
+            x0 = model_output
+            eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
-        return x0
+        return x0, eps
 
-    def ddpm_step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, noise: torch.Tensor | None, prev_t: int | None = None) -> torch.Tensor:
+    def ddpm_step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, noise: torch.Tensor | None, prev_t: int | None = None) -> torch.Tensor:
         """One ancestral step x_t → x_{prev_t} (prev_t = t-1 by default; strided when fewer
         inference steps are used). ``noise`` is the Gaussian draw for this step (ignored at t=0)."""
         prev_t = t - 1 if prev_t is None else prev_t
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
         beta_t = 1 - ab_t / ab_prev
-        x0 = self._pred_x0(eps, x_t, ab_t)
+        x0, _ = self._split(model_output, x_t, ab_t)
         mean = (ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + ((1 - beta_t).sqrt() * (1 - ab_prev) / (1 - ab_t)) * x_t
         if prev_t < 0 or noise is None:
             return mean
         var = ((1 - ab_prev) / (1 - ab_t) * beta_t).clamp_min(1e-20)  # "fixed_small" posterior variance
         return mean + var.sqrt() * noise
 
-    def ddim_step(self, eps: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int) -> torch.Tensor:
+    def ddim_step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int) -> torch.Tensor:
         """Deterministic DDIM step (η = 0) x_t → x_{prev_t}.
 
         As in the paper's setup (diffusers' default ``use_clipped_model_output=False``), the
         direction term uses the network's ε, not one re-derived from the clipped x̂_0."""
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
-        x0 = self._pred_x0(eps, x_t, ab_t)
+        x0, eps = self._split(model_output, x_t, ab_t)
         return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
