@@ -16,6 +16,8 @@
 #                      finished run with a larger N continues it (the cosine schedule follows N)
 #   TAG=_x             suffix of the run folder and of the result folder (keeps variants apart)
 #   SAMPLER=ddpm NIS=100   evaluation sampler (default DDIM-10)
+#   POLICY_OVERRIDES='{"prediction_type": "sample"}'   diffusion config overrides (JSON; session 10:
+#                      x0-prediction, with TAG=_x0)
 #   stage collect-dart: noisy (DART) Can/Lift/Square demos, --action-noise ${NOISE:-0.1}, written to
 #                      runs/demos/<task>_dart.hdf5 and linked as runs/data_dart/robosuite/<task>.hdf5;
 #                      train on them with DATA=runs/data_dart TAG=_dart
@@ -34,6 +36,7 @@ STEPS=${STEPS:-${DP_STEPS[$TASK]}}
 TAG=${TAG:-}
 SAMPLER=${SAMPLER:-ddim}
 NIS=${NIS:-10}
+POLICY_OVERRIDES=${POLICY_OVERRIDES:-'{}'}
 # a non-default sampler gets its own result folder (e.g. can/dp_16k_ddpm100)
 EVAL_TAG=""
 if [[ $SAMPLER != ddim || $NIS != 10 ]]; then EVAL_TAG="_${SAMPLER}${NIS}"; fi
@@ -46,7 +49,7 @@ collect-dart)
     ln -sf "../../demos/${TASK}_dart.hdf5" "runs/data_dart/robosuite/${TASK}.hdf5" ;;
 dp)
     python -m dp_gym.train --task "${TASK}_state${SUFFIX}" --policy diffusion --model-size small \
-        --steps "$STEPS" --batch-size 64 --lr 1e-4 --warmup-steps 200 \
+        --steps "$STEPS" --batch-size 64 --lr 1e-4 --warmup-steps 200 --policy-overrides "$POLICY_OVERRIDES" \
         --checkpoint-every 500 --log-every 100 --val-every 500 --num-threads "$THREADS" \
         --data-dir "$DATA" --out-dir "runs/${TASK}${SUFFIX}_dp_small${TAG}" --resume ;;
 bc)
