@@ -70,3 +70,23 @@ python -m dp_gym.train --task kitchen_complete --policy ibc --model-size small -
 python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
     --policy ibc_single=runs/kitchen_ibc/checkpoints/latest --videos 1 --latency-repeats 10 \
     --num-threads "$THREADS" --out-dir "$OUT/ibc"
+
+# Session 10: x0-prediction (prediction_type "sample"), 6000 and 18000 steps, each scored with
+# DDIM-10 and DDPM-100.
+x0_eval() {  # x0_eval NAME RUN_DIR OUT_SUBDIR
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "$1=$2/checkpoints/latest" \
+        --sampler ddim --num-inference-steps 10 --videos 1 --latency-repeats 10 --num-threads "$THREADS" \
+        --out-dir "$OUT/$3"
+    ddpm100_eval "$1_ddpm100" "$2" "$3_ddpm100"
+}
+python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
+    --policy-overrides '{"prediction_type": "sample"}' --steps 6000 --batch-size 64 --val-ratio 0 \
+    --checkpoint-every 1000 --keep-every 2000 --log-every 100 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_x0 --resume
+x0_eval dp_unet_small_x0 runs/kitchen_dp_small_x0 dp_x0
+python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
+    --policy-overrides '{"prediction_type": "sample"}' --steps 18000 --batch-size 64 --val-ratio 0 \
+    --checkpoint-every 1000 --keep-every 6000 --log-every 200 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_x0_18k --resume
+x0_eval dp_unet_small_x0_18k runs/kitchen_dp_small_x0_18k dp18k_x0
