@@ -105,7 +105,8 @@ class NoiseScheduler(nn.Module):
         """Deterministic DDIM step (η = 0) x_t → x_{prev_t}.
 
         As in the paper's setup (diffusers' default ``use_clipped_model_output=False``), the
-        direction term uses the network's ε, not one re-derived from the clipped x̂_0."""
+        direction term uses the network's ε (with x₀-prediction: the ε implied by the unclipped
+        x̂₀), not one re-derived from the clipped x̂₀."""
         ab_t = self.alphas_cumprod[t]
         ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
         x0, eps = self._split(model_output, x_t, ab_t)
