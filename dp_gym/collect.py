@@ -24,6 +24,15 @@ three steps into opening the gripper, so demos that stop there hold almost no fr
 gripper next to a placed can, and a policy that reaches that state (e.g. after lowering the can
 further than any demo) has never seen the retreat that follows. An episode is kept only if it is
 still a success at its last recorded step; its HDF5 attrs record ``first_success_step``.
+
+``--drop-prob P`` (Can only) makes the expert drop the can in a fraction P of the episodes and pick
+it up again: once the can is held and lifted (a random 3-15 cm above the grasp, or at the start of
+the transit to the bin), the env executes an open gripper for 8 steps while the dataset keeps the
+expert's own (closed) gripper action, and the expert, seeing the can away from its fingers, plans a
+new pick. Why: a policy trained on flawless scripted demos that lets the can slip flies on to the
+bin empty-handed, because no demo ever shows an empty gripper above the table after lift-off
+(robomimic's human demos contain such re-grasps). The step of the drop is in the demo's attrs
+(``drop_step``; absent when no drop was made). Like action noise, it disables ``actions_abs``.
 """
 
 from __future__ import annotations
@@ -52,6 +61,11 @@ class EpisodeResult:
     strategy: str
     data: dict[str, Any] | None = None  # arrays of a successful episode (when recording)
     first_success_step: int | None = None  # 1-based step of the first success (None: never)
+    drop_step: int | None = None  # 1-based first step of a forced drop (--drop-prob; None: none)
+
+# Forced drop (--drop-prob): how long the gripper is held open, and the lift height range.
+DROP_STEPS = 8
+DROP_HEIGHT = (0.03, 0.15)
 
 
 _WORKER: dict[str, Any] = {}
@@ -71,13 +85,15 @@ def _get_env_and_expert_cls(expert: str, cameras: tuple[str, ...], image_size: i
 
 
 def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tuple[str, ...] = (),
-                       image_size: int = 84, action_noise: float = 0.0, post_success_steps: int = 0) -> EpisodeResult:
+                       image_size: int = 84, action_noise: float = 0.0, post_success_steps: int = 0,
+                       drop_prob: float = 0.0) -> EpisodeResult:
     """One expert episode from ``reset(seed=seed)`` (env and expert cached per process).
 
     ``action_noise`` > 0 perturbs the executed pose actions (see the module docstring); the
     recorded ``actions`` stay the expert's own. ``post_success_steps`` > 0 keeps stepping the
     expert that many steps past the first success (also past the time limit); the episode counts
-    as a success only if the task is still solved at its last step."""
+    as a success only if the task is still solved at its last step. ``drop_prob`` > 0 (Can only)
+    forces a drop of the held can in that fraction of the episodes (see the module docstring)."""
     from dp_gym.envs.robosuite_env import DELTA_DIM
     from dp_gym.utils.rotation import rot6d_to_axis_angle
 
@@ -85,6 +101,10 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         raise ValueError(f"action_noise must be a finite number >= 0, got {action_noise}")
     if int(post_success_steps) != post_success_steps or post_success_steps < 0:
         raise ValueError(f"post_success_steps must be an integer >= 0, got {post_success_steps}")
+    if not (np.isfinite(drop_prob) and 0 <= drop_prob <= 1):
+        raise ValueError(f"drop_prob must be a number in [0, 1], got {drop_prob}")
+    if drop_prob > 0 and expert != "can":
+        raise ValueError(f"drop_prob needs an expert that re-picks a dropped object: only 'can', got {expert!r}")
     env, cls = _get_env_and_expert_cls(expert, tuple(cameras), image_size)
     obs, info = env.reset(seed=seed)
     ex = cls(env, seed=seed)
@@ -93,8 +113,14 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
     noise_rng = np.random.default_rng([seed, 0xDA27])
     pose_dims = np.ones(DELTA_DIM * env.n_arms, bool)
     pose_dims[DELTA_DIM - 1::DELTA_DIM] = False  # grippers stay clean
-    # Under noise the controller goal after a step is not the expert's command: no abs actions.
-    record_abs = action_noise == 0
+    # Its own stream too: whether and where this episode drops the can.
+    drop_rng = np.random.default_rng([seed, 0xD809])
+    drop_planned = bool(drop_rng.random() < drop_prob) if drop_prob > 0 else False
+    drop_height = float(drop_rng.uniform(*DROP_HEIGHT))
+    drop_step = None
+    # Under noise or a forced drop the controller goal after a step is not the expert's command:
+    # no abs actions.
+    record_abs = action_noise == 0 and drop_prob == 0
     actions, abs_actions, states, rewards = [], [], [], []
     success, t, first_success = False, 0, None
     while True:
@@ -106,6 +132,12 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
         if action_noise > 0:
             executed = a + np.where(pose_dims, noise_rng.normal(0.0, action_noise, a.shape), 0.0)
             executed = np.clip(executed, -1.0, 1.0).astype(np.float32)
+        if drop_planned and drop_step is None and ex.phase.name in ("lift", "transit") and ex.gripper_closed_on_object():
+            if ex.phase.name == "transit" or ex.eef_pos[2] - ex.grasp_z > drop_height:
+                drop_step = t
+        if drop_step is not None and t < drop_step + DROP_STEPS:
+            executed = np.array(executed, dtype=np.float32)
+            executed[DELTA_DIM - 1::DELTA_DIM] = -1.0  # open every gripper; the demo keeps the expert's action
         obs, reward, terminated, truncated, info = env.step(executed)
         if record:
             actions.append(a)
@@ -140,7 +172,7 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
                     states=np.asarray(states),
                     rewards=np.asarray(rewards, np.float64), dones=dones)
     return EpisodeResult(seed=seed, success=success, length=t, strategy=ex.strategy, data=data,
-                         first_success_step=first_success)
+                         first_success_step=first_success, drop_step=drop_step)
 
 
 def _worker_run(args: tuple) -> EpisodeResult:
@@ -149,7 +181,7 @@ def _worker_run(args: tuple) -> EpisodeResult:
 
 def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True, cameras: tuple[str, ...] = (),
             image_size: int = 84, progress: bool = True, action_noise: float = 0.0,
-            post_success_steps: int = 0) -> list[EpisodeResult]:
+            post_success_steps: int = 0, drop_prob: float = 0.0) -> list[EpisodeResult]:
     """Run the expert on each seed (in ``workers`` spawned processes); results in seed order."""
     from tqdm import tqdm
 
@@ -159,7 +191,7 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
         raise ValueError(f"unknown expert {expert!r}; available: {sorted(EXPERTS)}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    jobs = [(expert, s, record, tuple(cameras), image_size, action_noise, post_success_steps) for s in seeds]
+    jobs = [(expert, s, record, tuple(cameras), image_size, action_noise, post_success_steps, drop_prob) for s in seeds]
     results: list[EpisodeResult] = []
     bar = tqdm(total=len(jobs), desc=f"{expert} expert", unit="ep", disable=not progress)
 
@@ -183,7 +215,7 @@ def collect(expert: str, seeds: list[int], workers: int = 1, record: bool = True
 
 
 def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noise: float = 0.0,
-              post_success_steps: int = 0) -> dict[str, Any]:
+              post_success_steps: int = 0, drop_prob: float = 0.0) -> dict[str, Any]:
     from dp_gym.envs.robosuite_env import CONTROL_FREQ, ROBOSUITE_TASKS
     from dp_gym.experts import TASK_OF_EXPERT
 
@@ -197,8 +229,8 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noi
         kwargs.update(camera_names=list(cameras), camera_heights=image_size, camera_widths=image_size)
     return {"env_name": spec.env_name, "type": 1, "env_kwargs": kwargs,
             "dp_gym": {"expert": expert, "actions": "delta", "action_noise": action_noise,
-                       "post_success_steps": post_success_steps,
-                       "actions_abs": None if action_noise > 0 else "pos+axis_angle+gripper (world)"}}
+                       "post_success_steps": post_success_steps, "drop_prob": drop_prob,
+                       "actions_abs": None if action_noise > 0 or drop_prob > 0 else "pos+axis_angle+gripper (world)"}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="std of Gaussian noise added to the executed pose actions (DART); stored actions stay clean")
     p.add_argument("--post-success-steps", type=int, default=0,
                    help="keep recording the expert this many steps after the first success (see the module docstring)")
+    p.add_argument("--drop-prob", type=float, default=0.0,
+                   help="can only: fraction of episodes in which the held can is dropped and picked up again (see above)")
     p.add_argument("--stats-json", type=str, default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -223,12 +257,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--action-noise must be a finite number >= 0, got {args.action_noise}")
     if args.post_success_steps < 0:
         p.error(f"--post-success-steps must be >= 0, got {args.post_success_steps}")
+    if not (np.isfinite(args.drop_prob) and 0 <= args.drop_prob <= 1):
+        p.error(f"--drop-prob must be in [0, 1], got {args.drop_prob}")
+    if args.drop_prob > 0 and args.task != "can":
+        p.error(f"--drop-prob is implemented for --task can only, got {args.task}")
     cameras = tuple(c for c in args.cameras.split(",") if c)
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     t0 = time.time()
     results = collect(args.task, seeds, workers=args.workers, record=args.out is not None, cameras=cameras,
                       image_size=args.image_size, progress=not args.no_progress, action_noise=args.action_noise,
-                      post_success_steps=args.post_success_steps)
+                      post_success_steps=args.post_success_steps, drop_prob=args.drop_prob)
     wall = time.time() - t0
     ok = [r for r in results if r.success]
     rate = len(ok) / len(results)
@@ -238,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.task}: expert success {len(ok)}/{len(results)} = {rate:.3f} on seeds "
           f"{seeds[0]}..{seeds[-1]}; per strategy (success, attempts): {by_strategy}; "
           f"mean length of successes {np.mean([r.length for r in ok]) if ok else float('nan'):.1f}; {wall:.0f} s")
+    dropped = [r for r in results if r.drop_step is not None]
+    if args.drop_prob > 0:
+        print(f"forced drops in {len(dropped)} episodes, {sum(r.success for r in dropped)} of them recovered to a success")
     if args.out is not None:
         if not ok:
             print("no successful episode: nothing written", file=sys.stderr)
@@ -248,18 +289,21 @@ def main(argv: list[str] | None = None) -> int:
                                      states=r.data["states"], rewards=r.data["rewards"], dones=r.data["dones"],
                                      extras={} if r.data["actions_abs"] is None else {"actions_abs": r.data["actions_abs"]},
                                      attrs={"seed": r.seed, "strategy": r.strategy,
-                                            "first_success_step": r.first_success_step}) for r in ok)
+                                            "first_success_step": r.first_success_step,
+                                            **({} if r.drop_step is None else {"drop_step": r.drop_step})})
+                    for r in ok)
         write_robomimic_hdf5(args.out, episodes, env_args=_env_args(args.task, cameras, args.image_size, args.action_noise,
-                                                                args.post_success_steps),
+                                                                args.post_success_steps, args.drop_prob),
                              attrs={"expert_success_rate": rate, "seeds": json.dumps([r.seed for r in ok]),
                                     "strategies": json.dumps([r.strategy for r in ok])})
         print(f"wrote {len(ok)} demos to {args.out}")
     if args.stats_json:
         stats = {"task": args.task, "seeds": [seeds[0], seeds[-1] + 1], "attempts": len(results),
                  "action_noise": args.action_noise, "post_success_steps": args.post_success_steps,
+                 "drop_prob": args.drop_prob,
                  "successes": len(ok), "success_rate": rate, "per_strategy": by_strategy, "wall_s": wall,
                  "episodes": [{"seed": r.seed, "success": r.success, "length": r.length, "strategy": r.strategy,
-                               "first_success_step": r.first_success_step}
+                               "first_success_step": r.first_success_step, "drop_step": r.drop_step}
                               for r in results],
                  "command": command_line("dp_gym.collect", argv)}
         atomic_write_json(Path(args.stats_json), stats)

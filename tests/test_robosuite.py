@@ -420,6 +420,46 @@ def test_post_success_steps_extend_the_demo_past_its_first_success(rs, lift_demo
         collect.run_expert_episode("lift", seed=11, record=False, post_success_steps=-1)
 
 
+def test_drop_prob_drops_the_held_can_and_the_expert_picks_it_up_again(rs, monkeypatch) -> None:
+    """--drop-prob: the env executes an open gripper for DROP_STEPS steps once the can is lifted,
+    the demo keeps the expert's closed-gripper action, the can falls away from the fingers, and the
+    expert re-picks it and still succeeds; with drop_prob 0 nothing is forced."""
+    from dp_gym import collect
+    from dp_gym.envs.robosuite_env import RobosuiteEnv
+    from dp_gym.experts import EXPERTS
+
+    emitted, executed, gap = [], [], []
+    act, step = EXPERTS["can"].act, RobosuiteEnv.step
+
+    def spy_act(self):
+        gap.append(float(np.linalg.norm(self.grasp_point() - self.eef_pos)))
+        emitted.append(act(self))
+        return emitted[-1]
+
+    monkeypatch.setattr(EXPERTS["can"], "act", spy_act)
+    monkeypatch.setattr(RobosuiteEnv, "step", lambda self, a: executed.append(np.array(a)) or step(self, a))
+    res = collect.run_expert_episode("can", seed=2002, record=True, drop_prob=1.0)
+    assert res.success and res.drop_step is not None and res.data["actions_abs"] is None
+    monkeypatch.undo()
+    emitted, executed, gap = np.asarray(emitted), np.asarray(executed), np.asarray(gap)
+    np.testing.assert_array_equal(res.data["actions"], emitted)
+    window = slice(res.drop_step - 1, res.drop_step - 1 + collect.DROP_STEPS)  # drop_step is 1-based
+    assert (executed[window, 6] == -1.0).all() and (emitted[window, 6] == 1.0).all()
+    outside = np.ones(len(emitted), bool)
+    outside[window] = False
+    np.testing.assert_array_equal(executed[outside], emitted[outside])
+    assert gap[res.drop_step - 1] < 0.04  # held when the drop starts
+    assert gap[res.drop_step:].max() > 0.1  # then the can falls away from the gripper ...
+    assert gap[res.first_success_step - 20] < 0.04  # ... and is carried again near the end
+
+    plain = collect.run_expert_episode("can", seed=2002, record=False, drop_prob=0.0)
+    assert plain.drop_step is None and plain.length < res.length
+    with pytest.raises(ValueError, match="drop_prob must be a number in"):
+        collect.run_expert_episode("can", seed=2002, record=False, drop_prob=1.5)
+    with pytest.raises(ValueError, match="only 'can'"):
+        collect.run_expert_episode("lift", seed=2002, record=False, drop_prob=0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("expert", ["lift", "can", "square"])
 def test_expert_success_rate_on_ten_seeds(rs, expert: str) -> None:

@@ -85,6 +85,15 @@ class _PickMixin(ScriptedExpert):
             return self.servo(self.eef_pos + np.r_[0, 0, 0.03], self.grasp_yaw, -1.0)
         return None
 
+    def repick_if_dropped(self, max_dist: float = 0.06) -> np.ndarray | None:
+        """After lift-off, once the object is more than ``max_dist`` from the gripper (it slipped or
+        was dropped: a held can stays within ~3 cm of the grasp site), plan a new pick and back off
+        3 cm upward with the gripper open. Undisturbed episodes never trigger it."""
+        if float(np.linalg.norm(self.grasp_point() - self.eef_pos)) > max_dist:
+            self.plan_pick()
+            return self.servo(self.eef_pos + np.r_[0, 0, 0.03], self.grasp_yaw, -1.0)
+        return None
+
 
 class LiftExpert(_PickMixin):
     task = "Lift"
@@ -143,6 +152,12 @@ class CanExpert(_PickMixin):
         yaw = self.grasp_yaw
         ph = self.phase
         pos = self.eef_pos
+        if ph.name in ("transit", "lower"):
+            # A can lost on the way (see ``collect --drop-prob``) is picked up again; in ``lift`` the
+            # missed-grasp retry (gripper closed on nothing) already does this.
+            repick = self.repick_if_dropped()
+            if repick is not None:
+                return repick
         if ph.name == "lift":
             target = np.r_[pos[:2], self.transit_z]
             retry = self.retry_if_missed(after_steps=10)
