@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
+# empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
+#
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can
+#   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
+#           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
+#   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
+#           drops + re-grasps in 30% of the episodes (collect --drop-prob 0.3), then one 6000-step
+#           --init-from cycle.
+# Each stage is skipped when its output exists, every train command takes --resume, so a killed
+# run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
+set -euo pipefail
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+TASK=$1
+RES=benchmarks/results/robosuite_state_cpu
+X0='{"prediction_type": "sample"}'
+mkdir -p runs/demos
+
+collect() {  # collect TASK EPISODES SEED_START OUT [extra collect flags]
+    local task=$1 n=$2 start=$3 out=$4; shift 4
+    [[ -f $out ]] || python -m dp_gym.collect --task "$task" --episodes "$n" --seed-start "$start" --workers 1 \
+        --no-progress --out "$out" --stats-json "${out%.hdf5}.json" "$@"
+}
+
+train() {  # train TASK_ID DATA_DIR OUT_DIR STEPS [extra train flags]
+    local task=$1 data=$2 out=$3 steps=$4; shift 4
+    python -m dp_gym.train --task "$task" --policy diffusion --steps "$steps" --batch-size 64 --lr 1e-4 \
+        --warmup-steps 200 --checkpoint-every 500 --log-every 100 --val-every 2000 --num-threads 1 \
+        --data-dir "$data" --out-dir "$out" --resume "$@"
+}
+
+score() {  # score TASK_ID DATA_DIR RUN_DIR NAME OUT_NAME: seeds 100000-100049 (one video) and 100050-100099
+    local task=$1 data=$2 run=$3 name=$4 out=$5
+    python -m dp_gym.benchmark --task "$task" --seeds 100000:100050 --n-envs 10 \
+        --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos 1 \
+        --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/$out"
+    python -m dp_gym.benchmark --task "$task" --seeds 100050:100100 --n-envs 10 \
+        --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos 0 \
+        --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/${out}_seeds100050-100099"
+}
+
+case $TASK in
+square)
+    collect square 160 0 runs/demos/square_seeds0-159.hdf5
+    collect square 20 160 runs/demos/square_seeds160-179.hdf5
+    collect square 50 1000 runs/demos/square_eval50.hdf5
+    if [[ ! -f runs/demos/square.hdf5 ]]; then
+        python -c "from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(['runs/demos/square_seeds0-159.hdf5', 'runs/demos/square_seeds160-179.hdf5', 'runs/demos/square_eval50.hdf5'], 'runs/demos/square.hdf5'), 'demos')"
+    fi
+    mkdir -p runs/data/robosuite && ln -sf ../../demos/square.hdf5 runs/data/robosuite/square.hdf5
+    train square_state runs/data runs/square_dp_small_x0_12k 12000 --model-size small --policy-overrides "$X0"
+    train square_state runs/data runs/square_dp_small_x0_12k_ft6k 6000 \
+        --init-from runs/square_dp_small_x0_12k/checkpoints/latest
+    train square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k 12000 \
+        --init-from runs/square_dp_small_x0_12k_ft6k/checkpoints/latest
+    score square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k dp_unet_small_x0_12k_ft6k_ft12k \
+        square/s12_dp_x0_12k_ft6k_ft12k ;;
+can)
+    collect can 210 0 runs/demos/can_post30_drop30.hdf5 --post-success-steps 30 --drop-prob 0.3
+    mkdir -p runs/data_post30_drop30/robosuite
+    ln -sf ../../demos/can_post30_drop30.hdf5 runs/data_post30_drop30/robosuite/can.hdf5
+    train can_state runs/data_post30_drop30 runs/can_dp_small_x0_post30_drop30_24k 24000 --model-size small \
+        --policy-overrides "$X0" --keep-every 6000
+    score can_state runs/data_post30_drop30 runs/can_dp_small_x0_post30_drop30_24k \
+        dp_unet_small_x0_post30_drop30_24k can/s12_dp_x0_post30_drop30_24k
+    train can_state runs/data_post30_drop30 runs/can_dp_small_x0_post30_drop30_24k_ft6k 6000 \
+        --init-from runs/can_dp_small_x0_post30_drop30_24k/checkpoints/latest
+    score can_state runs/data_post30_drop30 runs/can_dp_small_x0_post30_drop30_24k_ft6k \
+        dp_unet_small_x0_post30_drop30_24k_ft6k can/s12_dp_x0_post30_drop30_24k_ft6k ;;
+*) echo "usage: $0 square|can" >&2; exit 2 ;;
+esac
