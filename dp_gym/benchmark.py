@@ -41,6 +41,9 @@ class BenchmarkConfig:
     device: str = "cpu"
     sampler: str | None = None  # override the checkpoint's sampler: ddpm | ddim
     num_inference_steps: int | None = None
+    # diffusion only: execute this many actions of each sampled chunk before re-planning (Ta),
+    # instead of the checkpoint's; the predicted horizon must cover To - 1 + Ta.
+    n_action_steps: int | None = None
     accelerate: str = "eager"  # diffusion only: eager | compile | cuda_graph (see DiffusionAgent.accelerate)
     autocast: str = "no"  # diffusion only: no | bf16 | fp16
     deterministic: bool = True
@@ -317,6 +320,18 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def with_action_horizon(policy: torch.nn.Module, n_action_steps: int) -> Any:
+    """The policy's config with ``n_action_steps`` (Ta, the actions run per sampled chunk) replaced.
+
+    Only a diffusion policy samples a whole horizon (Tp) and executes a window of it, so only its
+    Ta can change after training; the BC / IBC heads predict exactly their trained Ta actions.
+    ``dataclasses.replace`` re-runs the config's validation (Tp must cover To - 1 + Ta)."""
+    if policy.policy_type != "diffusion":
+        raise ValueError(f"--n-action-steps applies to diffusion policies only (they sample a whole horizon); "
+                         f"a {policy.policy_type!r} policy predicts exactly its trained {policy.config.n_action_steps} actions")
+    return dataclasses.replace(policy.config, n_action_steps=n_action_steps)
+
+
 def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
     """Evaluate every policy of ``cfg``; ``command`` (the CLI line) is recorded in ``results.json``."""
     if cfg.num_threads:
@@ -334,6 +349,8 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
         policy, meta = load_policy(path, cfg.device)
         if meta.get("task") not in (None, cfg.task):
             print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
+        if cfg.n_action_steps is not None:
+            policy.config = with_action_horizon(policy, cfg.n_action_steps)
         agent = DiffusionAgent(policy, device=cfg.device)
         if policy.policy_type == "diffusion":
             if cfg.sampler:
@@ -357,7 +374,8 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
             res["videos"].append(vpath.name)
         res.update(checkpoint=str(path), train_step=meta.get("train_step"),
                    sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
-                   num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")))
+                   num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
+                   n_action_steps=policy.config.n_action_steps)
         results[name] = res
         pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
         print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} {res['success_ci95']}")
@@ -382,6 +400,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
     p.add_argument("--num-inference-steps", type=int, default=None)
+    p.add_argument("--n-action-steps", type=int, default=None,
+                   help="diffusion only: actions executed per sampled chunk (Ta) instead of the checkpoint's")
     p.add_argument("--accelerate", default="eager", choices=["eager", "compile", "cuda_graph"],
                    help="diffusion only: compile or CUDA-graph the denoising loop (eager fallback)")
     p.add_argument("--autocast", default="no", choices=["no", "bf16", "fp16"], help="diffusion only: autocast dtype")
@@ -393,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-threads", type=int, default=0)
     a = p.parse_args(argv)
     cfg = BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
-                          sampler=a.sampler, num_inference_steps=a.num_inference_steps, accelerate=a.accelerate,
+                          sampler=a.sampler, num_inference_steps=a.num_inference_steps,
+                          n_action_steps=a.n_action_steps, accelerate=a.accelerate,
                           autocast=a.autocast, deterministic=not a.stochastic,
                           videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)

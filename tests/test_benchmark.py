@@ -132,3 +132,28 @@ def test_idle_envs_are_not_stepped_with_invalid_actions():
     # the idle env's resets change nothing for the scored episodes
     ref = evaluate_agent(DiffusionAgent(policy), short_task(), [100000, 100001, 100002], n_envs=2, latency_repeats=0)
     np.testing.assert_allclose(r["per_episode"]["max_reward"], ref["per_episode"]["max_reward"], atol=1e-6)
+
+
+def test_n_action_steps_override_replans_more_often_and_is_validated(tmp_path, monkeypatch):
+    from dp_gym.benchmark import with_action_horizon
+
+    task, policy = short_task(), tiny_policy()
+    replans = {}
+    for ta in (8, 4):
+        policy.config = with_action_horizon(policy, ta)
+        agent = DiffusionAgent(policy)
+        evaluate_agent(agent, task, [100000], n_envs=1, latency_repeats=0)
+        replans[ta] = agent.n_replans
+    assert replans == {8: EP_LEN // 8, 4: EP_LEN // 4}
+    with pytest.raises(ValueError, match="horizon"):  # To - 1 + Ta = 17 > Tp = 16
+        with_action_horizon(policy, 16)
+    bc = make_policy("bc", dict(obs_shapes={"obs": [20]}, action_dim=2, n_obs_steps=2, n_action_steps=8))
+    with pytest.raises(ValueError, match="diffusion policies only"):
+        with_action_horizon(bc, 4)
+    # through the CLI: the executed Ta is recorded with the results
+    DiffusionAgent(tiny_policy()).save(tmp_path / "ckpt")
+    monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_short", dataclasses.replace(task, name="pusht_short"))
+    main(["--task", "pusht_short", "--policy", f"tiny={tmp_path / 'ckpt'}", "--seeds", "100000:100001", "--n-envs", "1",
+          "--videos", "0", "--latency-repeats", "0", "--n-action-steps", "4", "--out-dir", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["config"]["n_action_steps"] == 4 and data["results"]["tiny"]["n_action_steps"] == 4
