@@ -2,19 +2,25 @@
 # Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
 # empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
 #
-# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x
 #   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
 #           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
 #   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
 #           drops + re-grasps in 30% of the episodes (collect --drop-prob 0.3), then one 6000-step
 #           --init-from cycle.
-# Each stage is skipped when its output exists, every train command takes --resume, so a killed
+#   square-ft12k: a third --init-from cycle (12000 steps) after the square chain.
+#   square-2x: the same third cycle on twice the Square demos (200 more attempts, seeds 180-379).
+#   SEED=N (square only): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
+#           a second sample of the same recipe.
+# A collection is skipped when its file exists and every train command takes --resume, so a killed
 # run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 TASK=$1
 RES=benchmarks/results/robosuite_state_cpu
 X0='{"prediction_type": "sample"}'
+SEED=${SEED:-42}
+SFX=""; [[ $SEED == 42 ]] || SFX="_seed$SEED"
 mkdir -p runs/demos
 
 collect() {  # collect TASK EPISODES SEED_START OUT [extra collect flags]
@@ -27,7 +33,7 @@ train() {  # train TASK_ID DATA_DIR OUT_DIR STEPS [extra train flags]
     local task=$1 data=$2 out=$3 steps=$4; shift 4
     python -m dp_gym.train --task "$task" --policy diffusion --steps "$steps" --batch-size 64 --lr 1e-4 \
         --warmup-steps 200 --checkpoint-every 500 --log-every 100 --val-every 2000 --num-threads 1 \
-        --data-dir "$data" --out-dir "$out" --resume "$@"
+        --seed "$SEED" --data-dir "$data" --out-dir "$out" --resume "$@"
 }
 
 score() {  # score TASK_ID DATA_DIR RUN_DIR NAME OUT_NAME: seeds 100000-100049 (one video) and 100050-100099
@@ -49,13 +55,13 @@ square)
         python -c "from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(['runs/demos/square_seeds0-159.hdf5', 'runs/demos/square_seeds160-179.hdf5', 'runs/demos/square_eval50.hdf5'], 'runs/demos/square.hdf5'), 'demos')"
     fi
     mkdir -p runs/data/robosuite && ln -sf ../../demos/square.hdf5 runs/data/robosuite/square.hdf5
-    train square_state runs/data runs/square_dp_small_x0_12k 12000 --model-size small --policy-overrides "$X0"
-    train square_state runs/data runs/square_dp_small_x0_12k_ft6k 6000 \
-        --init-from runs/square_dp_small_x0_12k/checkpoints/latest
-    train square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k 12000 \
-        --init-from runs/square_dp_small_x0_12k_ft6k/checkpoints/latest
-    score square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k dp_unet_small_x0_12k_ft6k_ft12k \
-        square/s12_dp_x0_12k_ft6k_ft12k ;;
+    train square_state runs/data runs/square_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
+    train square_state runs/data runs/square_dp_small_x0_12k_ft6k$SFX 6000 \
+        --init-from runs/square_dp_small_x0_12k$SFX/checkpoints/latest
+    train square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k$SFX 12000 \
+        --init-from runs/square_dp_small_x0_12k_ft6k$SFX/checkpoints/latest
+    score square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k$SFX dp_unet_small_x0_12k_ft6k_ft12k$SFX \
+        square/s12_dp_x0_12k_ft6k_ft12k$SFX ;;
 can)
     collect can 210 0 runs/demos/can_post30_drop30.hdf5 --post-success-steps 30 --drop-prob 0.3
     mkdir -p runs/data_post30_drop30/robosuite
@@ -68,5 +74,20 @@ can)
         --init-from runs/can_dp_small_x0_post30_drop30_24k/checkpoints/latest
     score can_state runs/data_post30_drop30 runs/can_dp_small_x0_post30_drop30_24k_ft6k \
         dp_unet_small_x0_post30_drop30_24k_ft6k can/s12_dp_x0_post30_drop30_24k_ft6k ;;
-*) echo "usage: $0 square|can" >&2; exit 2 ;;
+square-ft12k)  # one more 12000-step cycle from the end of the square chain
+    train square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k_ft12k 12000 \
+        --init-from runs/square_dp_small_x0_12k_ft6k_ft12k/checkpoints/latest
+    score square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k_ft12k dp_unet_small_x0_12k_ft6k_ft12k_ft12k \
+        square/s12_dp_x0_12k_ft6k_ft12k_ft12k ;;
+square-2x)  # a third 12000-step cycle from the end of the square chain on twice the demos
+    collect square 200 180 runs/demos/square_seeds180-379.hdf5
+    if [[ ! -f runs/demos/square_2x.hdf5 ]]; then
+        python -c "from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(['runs/demos/square.hdf5', 'runs/demos/square_seeds180-379.hdf5'], 'runs/demos/square_2x.hdf5'), 'demos')"
+    fi
+    mkdir -p runs/data_2x/robosuite && ln -sf ../../demos/square_2x.hdf5 runs/data_2x/robosuite/square.hdf5
+    train square_state runs/data_2x runs/square_dp_small_x0_12k_ft6k_ft12k_2x12k 12000 \
+        --init-from runs/square_dp_small_x0_12k_ft6k_ft12k/checkpoints/latest
+    score square_state runs/data_2x runs/square_dp_small_x0_12k_ft6k_ft12k_2x12k dp_unet_small_x0_12k_ft6k_ft12k_2x12k \
+        square/s12_dp_x0_12k_ft6k_ft12k_2x12k ;;
+*) echo "usage: $0 square|can|square-ft12k|square-2x" >&2; exit 2 ;;
 esac
