@@ -90,3 +90,13 @@ python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size s
     --checkpoint-every 1000 --keep-every 6000 --log-every 200 \
     --num-threads "$THREADS" --out-dir runs/kitchen_dp_small_x0_18k --resume
 x0_eval dp_unet_small_x0_18k runs/kitchen_dp_small_x0_18k dp18k_x0
+
+# Session 12: the 6000-step x0 run retrained (same command as above) and scored with DDIM-10 at
+# execution horizons Ta = 8 (trained), 4, 2, 1 (benchmark --n-action-steps; the model still
+# predicts Tp=16 and re-plans every Ta steps).
+for ta in 8 4 2 1; do
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "dp_unet_small_x0_ta$ta=runs/kitchen_dp_small_x0/checkpoints/latest" \
+        --sampler ddim --num-inference-steps 10 --n-action-steps "$ta" --videos 0 --latency-repeats 3 \
+        --num-threads "$THREADS" --out-dir "$OUT/s12_dp_x0_ta$ta"
+done
