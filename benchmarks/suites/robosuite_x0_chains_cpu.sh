@@ -12,7 +12,7 @@
 #   square-2x: the same third cycle on twice the Square demos (200 more attempts, seeds 180-379).
 #   SEED=N (square only): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
 #           a second sample of the same recipe.
-# A collection is skipped when its file exists and every train command takes --resume, so a killed
+# A collection or merge is skipped when its file exists and every train command takes --resume, so a killed
 # run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
 set -euo pipefail
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -37,13 +37,18 @@ train() {  # train TASK_ID DATA_DIR OUT_DIR STEPS [extra train flags]
 }
 
 score() {  # score TASK_ID DATA_DIR RUN_DIR NAME OUT_NAME: seeds 100000-100049 (one video) and 100050-100099
-    local task=$1 data=$2 run=$3 name=$4 out=$5
-    python -m dp_gym.benchmark --task "$task" --seeds 100000:100050 --n-envs 10 \
-        --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos 1 \
-        --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/$out"
-    python -m dp_gym.benchmark --task "$task" --seeds 100050:100100 --n-envs 10 \
-        --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos 0 \
-        --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/${out}_seeds100050-100099"
+    local task=$1 data=$2 run=$3 name=$4 out=$5 seeds videos dir
+    for seeds in 100000:100050 100050:100100; do
+        if [[ $seeds == 100000:100050 ]]; then videos=1 dir=$out; else videos=0 dir=${out}_seeds100050-100099; fi
+        python -m dp_gym.benchmark --task "$task" --seeds "$seeds" --n-envs 10 \
+            --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos "$videos" \
+            --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/$dir"
+    done
+}
+
+merge() {  # merge OUT IN [IN ...]: one robomimic file from several (skipped when OUT exists)
+    local out=$1; shift
+    [[ -f $out ]] || python -c "import sys; from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(sys.argv[2:], sys.argv[1]), 'demos')" "$out" "$@"
 }
 
 case $TASK in
@@ -51,9 +56,7 @@ square)
     collect square 160 0 runs/demos/square_seeds0-159.hdf5
     collect square 20 160 runs/demos/square_seeds160-179.hdf5
     collect square 50 1000 runs/demos/square_eval50.hdf5
-    if [[ ! -f runs/demos/square.hdf5 ]]; then
-        python -c "from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(['runs/demos/square_seeds0-159.hdf5', 'runs/demos/square_seeds160-179.hdf5', 'runs/demos/square_eval50.hdf5'], 'runs/demos/square.hdf5'), 'demos')"
-    fi
+    merge runs/demos/square.hdf5 runs/demos/square_seeds0-159.hdf5 runs/demos/square_seeds160-179.hdf5 runs/demos/square_eval50.hdf5
     mkdir -p runs/data/robosuite && ln -sf ../../demos/square.hdf5 runs/data/robosuite/square.hdf5
     train square_state runs/data runs/square_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
     train square_state runs/data runs/square_dp_small_x0_12k_ft6k$SFX 6000 \
@@ -81,9 +84,7 @@ square-ft12k)  # one more 12000-step cycle from the end of the square chain
         square/s12_dp_x0_12k_ft6k_ft12k_ft12k ;;
 square-2x)  # a third 12000-step cycle from the end of the square chain on twice the demos
     collect square 200 180 runs/demos/square_seeds180-379.hdf5
-    if [[ ! -f runs/demos/square_2x.hdf5 ]]; then
-        python -c "from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(['runs/demos/square.hdf5', 'runs/demos/square_seeds180-379.hdf5'], 'runs/demos/square_2x.hdf5'), 'demos')"
-    fi
+    merge runs/demos/square_2x.hdf5 runs/demos/square.hdf5 runs/demos/square_seeds180-379.hdf5
     mkdir -p runs/data_2x/robosuite && ln -sf ../../demos/square_2x.hdf5 runs/data_2x/robosuite/square.hdf5
     train square_state runs/data_2x runs/square_dp_small_x0_12k_ft6k_ft12k_2x12k 12000 \
         --init-from runs/square_dp_small_x0_12k_ft6k_ft12k/checkpoints/latest
