@@ -201,7 +201,9 @@ class DiffusionAgent:
         else:
             stacked = {k: np.stack([np.stack([f[k] for f in self._histories[i]]) for i in env_ids]) for k in self.obs_shapes}
         batch = {k: self._to_tensor(v, keep_dtype=k in self._image_keys) for k, v in stacked.items()}
-        shape = self.policy.noise_shape(**self.sample_kwargs) if hasattr(self.policy, "noise_shape") else None
+        # noise_scale scales the draws, it does not change how many the policy consumes
+        shape_kwargs = {k: v for k, v in self.sample_kwargs.items() if k != "noise_scale"}
+        shape = self.policy.noise_shape(**shape_kwargs) if hasattr(self.policy, "noise_shape") else None
         kwargs = dict(self.sample_kwargs)
         if shape is not None:
             gens = []

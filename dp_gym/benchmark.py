@@ -44,6 +44,9 @@ class BenchmarkConfig:
     # diffusion only: execute this many actions of each sampled chunk before re-planning (Ta),
     # instead of the checkpoint's; the predicted horizon must cover To - 1 + Ta.
     n_action_steps: int | None = None
+    # diffusion only: multiply the sampler's Gaussian draws by this (a temperature; 1 = as trained,
+    # 0 = DDIM from x_T = 0 / DDPM without per-step noise). None leaves sampling as it is.
+    noise_scale: float | None = None
     accelerate: str = "eager"  # diffusion only: eager | compile | cuda_graph (see DiffusionAgent.accelerate)
     autocast: str = "no"  # diffusion only: no | bf16 | fp16
     deterministic: bool = True
@@ -351,12 +354,16 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
             print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
         if cfg.n_action_steps is not None:
             policy.config = with_action_horizon(policy, cfg.n_action_steps)
+        if cfg.noise_scale is not None and policy.policy_type != "diffusion":
+            raise ValueError(f"--noise-scale applies to diffusion policies only; {name} is a {policy.policy_type!r} policy")
         agent = DiffusionAgent(policy, device=cfg.device)
         if policy.policy_type == "diffusion":
             if cfg.sampler:
                 agent.sample_kwargs["sampler"] = cfg.sampler
             if cfg.num_inference_steps:
                 agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+            if cfg.noise_scale is not None:
+                agent.sample_kwargs["noise_scale"] = cfg.noise_scale
             if cfg.accelerate != "eager" or cfg.autocast != "no":
                 acc = agent.accelerate(cfg.accelerate, cfg.autocast)
                 print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
@@ -375,7 +382,8 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
         res.update(checkpoint=str(path), train_step=meta.get("train_step"),
                    sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
                    num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
-                   n_action_steps=policy.config.n_action_steps)
+                   n_action_steps=policy.config.n_action_steps,
+                   noise_scale=agent.sample_kwargs.get("noise_scale", 1.0) if policy.policy_type == "diffusion" else None)
         results[name] = res
         pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
         print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} {res['success_ci95']}")
@@ -402,6 +410,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-inference-steps", type=int, default=None)
     p.add_argument("--n-action-steps", type=int, default=None,
                    help="diffusion only: actions executed per sampled chunk (Ta) instead of the checkpoint's")
+    p.add_argument("--noise-scale", type=float, default=None,
+                   help="diffusion only: scale the sampling noise (temperature; 1 = as trained, 0 = noise-free)")
     p.add_argument("--accelerate", default="eager", choices=["eager", "compile", "cuda_graph"],
                    help="diffusion only: compile or CUDA-graph the denoising loop (eager fallback)")
     p.add_argument("--autocast", default="no", choices=["no", "bf16", "fp16"], help="diffusion only: autocast dtype")
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     cfg = BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
                           sampler=a.sampler, num_inference_steps=a.num_inference_steps,
-                          n_action_steps=a.n_action_steps, accelerate=a.accelerate,
+                          n_action_steps=a.n_action_steps, noise_scale=a.noise_scale, accelerate=a.accelerate,
                           autocast=a.autocast, deterministic=not a.stochastic,
                           videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)

@@ -12,6 +12,7 @@ import torch
 from dp_gym import DiffusionAgent
 from dp_gym.benchmark import BenchmarkConfig, evaluate_agent, evaluate_policy_on_task, main, parse_seeds, run, wilson_interval
 from dp_gym.policies import make_policy
+from dp_gym.policies.diffusion.policy import DiffusionPolicy
 from dp_gym.tasks import get_task
 
 EP_LEN = 16
@@ -157,3 +158,33 @@ def test_n_action_steps_override_replans_more_often_and_is_validated(tmp_path, m
           "--videos", "0", "--latency-repeats", "0", "--n-action-steps", "4", "--out-dir", str(tmp_path / "out")])
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert data["config"]["n_action_steps"] == 4 and data["results"]["tiny"]["n_action_steps"] == 4
+
+
+def test_noise_scale_flag_reaches_the_sampler_and_is_recorded(tmp_path, monkeypatch):
+    task = short_task()
+    monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_short", dataclasses.replace(task, name="pusht_short"))
+    DiffusionAgent(tiny_policy()).save(tmp_path / "ckpt")
+    seen = []
+    orig = DiffusionPolicy.sample_actions
+
+    def spy(self, obs, **kw):
+        seen.append(kw.get("noise_scale"))
+        return orig(self, obs, **kw)
+
+    monkeypatch.setattr(DiffusionPolicy, "sample_actions", spy)
+    args = ["--task", "pusht_short", "--policy", f"tiny={tmp_path / 'ckpt'}", "--seeds", "100000:100001", "--n-envs", "1",
+            "--videos", "0", "--latency-repeats", "0"]
+    main(args + ["--noise-scale", "0", "--out-dir", str(tmp_path / "zero")])
+    data = json.loads((tmp_path / "zero" / "results.json").read_text())
+    assert data["config"]["noise_scale"] == 0.0 and data["results"]["tiny"]["noise_scale"] == 0.0
+    assert seen and set(seen) == {0.0}
+    seen.clear()
+    main(args + ["--out-dir", str(tmp_path / "default")])
+    assert set(seen) == {None}  # not passed: the policy's default scale 1
+    assert json.loads((tmp_path / "default" / "results.json").read_text())["results"]["tiny"]["noise_scale"] == 1.0
+    bc = make_policy("bc", dict(obs_shapes={"obs": [20]}, action_dim=2, n_obs_steps=2, n_action_steps=8))
+    bc.fit_normalizers({"obs": torch.rand(64, 20) * 512, "action": torch.rand(64, 2) * 512})
+    DiffusionAgent(bc.eval()).save(tmp_path / "bc")
+    with pytest.raises(ValueError, match="diffusion policies only"):
+        main(["--task", "pusht_short", "--policy", f"bc={tmp_path / 'bc'}", "--seeds", "100000:100001", "--n-envs", "1",
+              "--videos", "0", "--latency-repeats", "0", "--noise-scale", "0", "--out-dir", str(tmp_path / "bcout")])

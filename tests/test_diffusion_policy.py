@@ -141,6 +141,27 @@ def test_ddpm_noise_changes_with_seed_but_ddim_only_via_init():
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_noise_scale_is_a_sampling_temperature(sampler):
+    """Scale 1 is the default; scale 0 makes the sample independent of the draws; scales in between
+    give samples between the two; bad scales are refused by name."""
+    p = tiny_policy()
+    obs = obs_batch()
+    shape = (3, *p.noise_shape(10, sampler))
+    n1, n2 = (torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    kw = dict(sampler=sampler, num_inference_steps=10)
+    default = p.sample_actions(obs, noise=n1, **kw)
+    torch.testing.assert_close(p.sample_actions(obs, noise=n1, noise_scale=1.0, **kw), default, rtol=0, atol=0)
+    zero1, zero2 = (p.sample_actions(obs, noise=n, noise_scale=0.0, **kw) for n in (n1, n2))
+    torch.testing.assert_close(zero1, zero2, rtol=0, atol=0)
+    assert not torch.allclose(zero1, default)
+    half = p.sample_actions(obs, noise=n1, noise_scale=0.5, **kw)
+    assert not torch.allclose(half, default) and not torch.allclose(half, zero1)
+    for bad in (-0.1, float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="noise_scale"):
+            p.sample_actions(obs, noise=n1, noise_scale=bad, **kw)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_predict_chunk_is_slice_of_sequence(sampler):
     p = tiny_policy(n_obs_steps=3, n_action_steps=5)
     obs = obs_batch(b=2, to=3)

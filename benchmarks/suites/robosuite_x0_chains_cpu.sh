@@ -2,7 +2,7 @@
 # Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
 # empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
 #
-# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k
 #   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
 #           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
 #   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
@@ -10,7 +10,9 @@
 #           --init-from cycle.
 #   square-ft12k: a third --init-from cycle (12000 steps) after the square chain.
 #   square-2x: the same third cycle on twice the Square demos (200 more attempts, seeds 180-379).
-#   SEED=N (square only): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
+#   square-36k (session 13): one 36000-step schedule from scratch on the original Square demos (no
+#           --init-from cycles; checkpoints at 12000 and 24000 kept), same data as square.
+#   SEED=N (square, square-36k): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
 #           a second sample of the same recipe.
 # A collection or merge is skipped when its file exists and every train command takes --resume, so a killed
 # run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
@@ -90,5 +92,9 @@ square-2x)  # a third 12000-step cycle from the end of the square chain on twice
         --init-from runs/square_dp_small_x0_12k_ft6k_ft12k/checkpoints/latest
     score square_state runs/data_2x runs/square_dp_small_x0_12k_ft6k_ft12k_2x12k dp_unet_small_x0_12k_ft6k_ft12k_2x12k \
         square/s12_dp_x0_12k_ft6k_ft12k_2x12k ;;
-*) echo "usage: $0 square|can|square-ft12k|square-2x" >&2; exit 2 ;;
+square-36k)  # one long cosine schedule instead of the 12000 + 6000 + 12000 chain (needs square's demos)
+    train square_state runs/data runs/square_dp_small_x0_36k$SFX 36000 --model-size small --policy-overrides "$X0" \
+        --keep-every 12000
+    score square_state runs/data runs/square_dp_small_x0_36k$SFX dp_unet_small_x0_36k$SFX square/s13_dp_x0_36k$SFX ;;
+*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k" >&2; exit 2 ;;
 esac

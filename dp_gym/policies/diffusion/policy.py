@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -131,6 +132,7 @@ class DiffusionPolicy(NormalizedPolicy):
         sampler: str | None = None,
         num_inference_steps: int | None = None,
         accelerator: SamplingAccelerator | None = None,
+        noise_scale: float = 1.0,
     ) -> torch.Tensor:
         """Sample a full (B, horizon, action_dim) action sequence in environment units.
 
@@ -138,9 +140,14 @@ class DiffusionPolicy(NormalizedPolicy):
         each sample's randomness independent of the batch it is in), else from ``generator``.
         ``accelerator`` (default: :attr:`accelerator`, set by ``DiffusionAgent.accelerate``) runs
         the denoising loop compiled / graph-captured / autocast; it must match sampler and steps.
+        ``noise_scale`` multiplies every Gaussian draw (a sampling temperature): 1 is the trained
+        model's distribution; 0 starts DDIM from x_T = 0 and removes DDPM's per-step noise, so the
+        sample no longer depends on the draws (the low-temperature, mode-seeking end).
         """
         c = self.config
         check_obs(obs, c.obs_shapes, c.n_obs_steps)
+        if not (isinstance(noise_scale, (int, float)) and math.isfinite(noise_scale) and noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {noise_scale!r}")
         sampler = sampler or c.sampler
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -157,7 +164,7 @@ class DiffusionPolicy(NormalizedPolicy):
             noise = torch.randn(draws_shape, generator=generator, device=dev, dtype=torch.float32)
         elif tuple(noise.shape) != draws_shape:
             raise ValueError(f"noise must have shape {draws_shape}, got {tuple(noise.shape)}")
-        noise = noise.to(device=dev, dtype=torch.float32)
+        noise = noise.to(device=dev, dtype=torch.float32) * noise_scale
         if acc is not None:
             x = acc(cond, noise)
         else:
