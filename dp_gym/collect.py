@@ -235,7 +235,8 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noi
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["lift", "can", "square"])
+    p.add_argument("--task", required=True, choices=["lift", "can", "square", "square_loose"],
+                   help="the expert; square_loose: Square with a looser alignment test before insertion")
     p.add_argument("--episodes", type=int, required=True, help="number of expert attempts (seeds)")
     p.add_argument("--seed-start", type=int, default=0)
     p.add_argument("--out", type=str, default=None, help="HDF5 file for the successful episodes")

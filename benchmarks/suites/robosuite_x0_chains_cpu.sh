@@ -2,7 +2,7 @@
 # Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
 # empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
 #
-# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k|square-loose
 #   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
 #           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
 #   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
@@ -12,7 +12,9 @@
 #   square-2x: the same third cycle on twice the Square demos (200 more attempts, seeds 180-379).
 #   square-36k (session 13): one 36000-step schedule from scratch on the original Square demos (no
 #           --init-from cycles; checkpoints at 12000 and 24000 kept), same data as square.
-#   SEED=N (square, square-36k): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
+#   square-loose (session 13): the square chain (12000 + 6000 + 12000) on demos of the square_loose
+#           expert, collected from the same seeds as square's (0-179 and 1000-1049).
+#   SEED=N (square, square-36k, square-loose): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
 #           a second sample of the same recipe.
 # A collection or merge is skipped when its file exists and every train command takes --resume, so a killed
 # run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
@@ -96,5 +98,19 @@ square-36k)  # one long cosine schedule instead of the 12000 + 6000 + 12000 chai
     train square_state runs/data runs/square_dp_small_x0_36k$SFX 36000 --model-size small --policy-overrides "$X0" \
         --keep-every 12000
     score square_state runs/data runs/square_dp_small_x0_36k$SFX dp_unet_small_x0_36k$SFX square/s13_dp_x0_36k$SFX ;;
-*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k" >&2; exit 2 ;;
+square-loose)  # the square chain on demos of the square_loose expert (lowers the nut when roughly aligned)
+    collect square_loose 160 0 runs/demos/square_loose_seeds0-159.hdf5
+    collect square_loose 20 160 runs/demos/square_loose_seeds160-179.hdf5
+    collect square_loose 50 1000 runs/demos/square_loose_eval50.hdf5
+    merge runs/demos/square_loose.hdf5 runs/demos/square_loose_seeds0-159.hdf5 runs/demos/square_loose_seeds160-179.hdf5 \
+        runs/demos/square_loose_eval50.hdf5
+    mkdir -p runs/data_loose/robosuite && ln -sf ../../demos/square_loose.hdf5 runs/data_loose/robosuite/square.hdf5
+    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
+    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k$SFX 6000 \
+        --init-from runs/square_loose_dp_small_x0_12k$SFX/checkpoints/latest
+    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k_ft12k$SFX 12000 \
+        --init-from runs/square_loose_dp_small_x0_12k_ft6k$SFX/checkpoints/latest
+    score square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k_ft12k$SFX \
+        dp_unet_small_x0_loose_12k_ft6k_ft12k$SFX square/s13_dp_x0_loose_12k_ft6k_ft12k$SFX ;;
+*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose" >&2; exit 2 ;;
 esac

@@ -7,7 +7,9 @@ Strategies (sampled 50/50 per episode, recorded by the collector):
 * Can: ``yaw_0`` / ``yaw_90`` - top grasp with the fingers along y or along x; the transit to the
   bin passes a randomised via-point;
 * Square: ``short`` / ``long`` - turn the nut to the nearest square-aligned yaw or the next one
-  (90 degrees further) before inserting it on the peg.
+  (90 degrees further) before inserting it on the peg. ``square_loose`` (``SquareLooseExpert``) is
+  the same expert with a looser, per-episode random "aligned" test before it lowers the nut (see
+  there).
 
 Example:
     >>> from dp_gym.experts.tasks import LiftExpert
@@ -21,7 +23,7 @@ import numpy as np
 
 from dp_gym.experts.base import WRIST_YAW_RANGE, ScriptedExpert, wrap_angle, wrist_yaw, yaw_of
 
-__all__ = ["LiftExpert", "CanExpert", "SquareExpert"]
+__all__ = ["LiftExpert", "CanExpert", "SquareExpert", "SquareLooseExpert"]
 
 
 class _PickMixin(ScriptedExpert):
@@ -206,6 +208,12 @@ class SquareExpert(_PickMixin):
         self.plan_pick()
         self.nut_yaw_goal: float | None = None
         self.settle = 0
+        self.plan_insert_tolerance()
+
+    def plan_insert_tolerance(self) -> None:
+        """When the nut counts as aligned over the peg (then it is lowered): centre within
+        ``settle_xy`` m of the peg axis, yaw within ``settle_yaw`` rad, for ``settle_steps`` steps."""
+        self.settle_xy, self.settle_yaw, self.settle_steps = 0.003, 0.04, 3
 
     def grasp_point(self) -> np.ndarray:
         return self.site_pos("SquareNut_handle_site")
@@ -248,9 +256,9 @@ class SquareExpert(_PickMixin):
             target = nut_goal + rz @ (pos - nut_pos)
             err = np.linalg.norm(nut_goal - nut_pos)
             xy_err = np.linalg.norm(nut_pos[:2] - self.peg_xy)
-            settled = xy_err < 0.003 and abs(yaw_err) < 0.04 and abs(nut_pos[2] - self.insert_z) < 0.015
+            settled = xy_err < self.settle_xy and abs(yaw_err) < self.settle_yaw and abs(nut_pos[2] - self.insert_z) < 0.015
             self.settle = self.settle + 1 if settled else 0
-            if self.settle >= 3 or ph.steps > 150:
+            if self.settle >= self.settle_steps or ph.steps > 150:
                 self.goto("insert")
             # slow down on the way in so the swinging nut arrives at rest
             return self.servo(target, target_yaw, 1.0, speed=float(np.clip(0.5 * err, 0.003, self.speed)))
@@ -273,3 +281,23 @@ class SquareExpert(_PickMixin):
                 self.goto("retreat")
             return self.servo(pos, yaw_now, -1.0, speed=0.0)
         return self.servo(pos + np.r_[0.0, 0.0, 0.05], yaw_now, -1.0, speed=0.02)
+
+
+class SquareLooseExpert(SquareExpert):
+    """The Square expert that starts lowering the nut before it is precisely aligned: per episode,
+    "aligned" means within 3-6 mm and 2.3-4 degrees of the peg for 1-3 steps (the base expert: 3 mm,
+    2.3 degrees, 3 steps; wider ranges, 3-8 mm and 2.3-5.7 degrees, made the expert fail too often:
+    43/50 on seeds 1000-1049, against 46/50 with these). The insert phase keeps correcting position and yaw on the way down, and
+    backs up and re-aligns when the nut sits on the peg's top.
+
+    Why: policies trained on the base expert's demos fail mostly by hovering over the peg a few
+    millimetres off and never lowering the nut (no demo lowers it there; ``benchmarks/tools/
+    robosuite_failure_modes.py``). These demos also lower it from such states, and hold more
+    back-up-and-realign recoveries.
+    """
+
+    def plan_insert_tolerance(self) -> None:
+        rng = self.rng
+        self.settle_xy = float(rng.uniform(0.003, 0.006))
+        self.settle_yaw = float(rng.uniform(0.04, 0.07))
+        self.settle_steps = int(rng.integers(1, 4))

@@ -1,0 +1,182 @@
+"""Classify robosuite Can / Square episodes of a checkpoint by how they end (a diagnostic, not a score).
+
+    MUJOCO_GL=egl python benchmarks/tools/robosuite_failure_modes.py --task can|square CHECKPOINT SEED [SEED ...] \
+        [--sampler ddim --num-inference-steps 10] [--n-action-steps N] [--out modes.json]
+
+Each seed is replayed as ``python -m dp_gym.benchmark`` runs it (same env, sampler noise keyed by
+the seed, ``deterministic=True``) and labelled from the simulator state.
+
+Can (``can_state``):
+
+* ``success``: robosuite's check passed (can in its bin compartment, gripper > ~4.2 cm from it);
+* ``never_lifted``: the can never rose 5 cm above its start (no grasp);
+* ``lifted_not_in_bin``: lifted, but never inside its compartment (dropped, knocked, blocked);
+* ``in_bin_gripper_too_close``: the can reached its compartment but the gripper never got clear of
+  it; ``held_at_end`` and ``regrasps`` (gripper commands switching open -> close while the can was in
+  the compartment) tell holding on from re-grasping it.
+
+Square (``square_state``; success = the square nut's centre within 3 cm of the square peg in x and
+y and less than 5 cm above the table, robosuite's ``on_peg``):
+
+* ``never_lifted``: the nut never rose 5 cm above its start (no grasp);
+* ``lifted_never_over_peg``: lifted, but its centre never came within 3 cm of the peg in x and y;
+* ``over_peg_not_down``: it was over the peg (within 3 cm) but never went down onto it, i.e. the
+  hole missed the peg (nut resting or held on the peg's top).
+  ``min_peg_offset`` / ``final_peg_offset`` (smallest / last max(|dx|, |dy|) to the peg, m),
+  ``final_height`` (nut centre above the table, m; ~0.16 resting on the peg's top),
+  ``final_yaw_error_deg`` (nut yaw off the peg's square, -45..45), ``drops`` (times the grasp was lost while the nut was lifted and away from the
+  peg) and ``held_at_end`` say more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Callable
+
+import numpy as np
+import torch
+
+from dp_gym.agent import DiffusionAgent
+from dp_gym.benchmark import with_action_horizon
+from dp_gym.checkpoint import load_policy
+from dp_gym.experts.base import wrap_angle, yaw_of
+from dp_gym.tasks import get_task
+
+
+def rollout(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
+            on_step: Callable[[np.ndarray], None]) -> tuple[int, bool]:
+    """One benchmark-identical episode; ``on_reset()`` sees the simulator's initial state and
+    ``on_step(action)`` the state after every step. Returns (steps, success)."""
+    obs, _ = env.reset(seed=seed)
+    on_reset()
+    agent.reset(1)
+    agent.set_noise_key(0, seed)
+    steps, success = 0, False
+    for steps in range(1, env.unwrapped.max_episode_steps + 1):
+        action, _ = agent.predict(obs, deterministic=True)
+        obs, _, terminated, truncated, info = env.step(action)
+        on_step(action)
+        success = bool(info["is_success"])
+        if terminated or truncated:
+            break
+    return steps, success
+
+
+def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
+    rs = env.unwrapped.robosuite_env
+    can_id = rs.obj_body_id["Can"]
+    bin_id = rs.object_to_id["can"]
+    st = dict(z0=np.nan, lifted=False, in_bin=False, regrasps=0, last_grip=-1.0)
+
+    def on_reset() -> None:
+        st["z0"] = float(rs.sim.data.body_xpos[can_id][2])
+
+    def on_step(action: np.ndarray) -> None:
+        pos = rs.sim.data.body_xpos[can_id]
+        st["lifted"] |= bool(pos[2] > st["z0"] + 0.05)
+        now_in_bin = not rs.not_in_bin(pos, bin_id)
+        grip = float(np.sign(action[-1]))
+        if now_in_bin and st["last_grip"] < 0 < grip:
+            st["regrasps"] += 1
+        st["in_bin"] |= now_in_bin
+        st["last_grip"] = grip
+
+    steps, success = rollout(agent, env, seed, on_reset, on_step)
+    held = bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=rs.objects[bin_id].contact_geoms))
+    if success:
+        mode = "success"
+    elif not st["lifted"]:
+        mode = "never_lifted"
+    elif not st["in_bin"]:
+        mode = "lifted_not_in_bin"
+    else:
+        mode = "in_bin_gripper_too_close"
+    return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": held, "regrasps": st["regrasps"]}
+
+
+def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
+    rs = env.unwrapped.robosuite_env
+    nut = rs.nuts[rs.nut_to_id["square"]]
+    nut_id, peg_id = rs.obj_body_id[nut.name], rs.peg1_body_id
+    table_z = float(rs.table_offset[2])
+
+    def grasped() -> bool:
+        return bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=nut.contact_geoms))
+
+    st = dict(z0=np.nan, lifted=False, over_peg=False, min_offset=np.inf, drops=0, was_held=False)
+
+    def on_reset() -> None:
+        st["z0"] = float(rs.sim.data.body_xpos[nut_id][2])
+
+    def on_step(action: np.ndarray) -> None:
+        pos = rs.sim.data.body_xpos[nut_id]
+        offset = float(np.max(np.abs(pos[:2] - rs.sim.data.body_xpos[peg_id][:2])))
+        lifted_now = bool(pos[2] > st["z0"] + 0.05)
+        st["lifted"] |= lifted_now
+        st["over_peg"] |= offset < 0.03
+        st["min_offset"] = min(st["min_offset"], offset)
+        held = grasped()
+        if st["was_held"] and not held and lifted_now and offset >= 0.03:
+            st["drops"] += 1
+        st["was_held"] = held
+
+    steps, success = rollout(agent, env, seed, on_reset, on_step)
+    pos = rs.sim.data.body_xpos[nut_id]
+    # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
+    yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[nut_id]), np.pi / 2)
+    if success:
+        mode = "success"
+    elif not st["lifted"]:
+        mode = "never_lifted"
+    elif not st["over_peg"]:
+        mode = "lifted_never_over_peg"
+    else:
+        mode = "over_peg_not_down"
+    return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": grasped(),
+            "min_peg_offset": round(st["min_offset"], 4),
+            "final_peg_offset": round(float(np.max(np.abs(pos[:2] - rs.sim.data.body_xpos[peg_id][:2]))), 4),
+            "final_height": round(float(pos[2]) - table_z, 4),
+            "final_yaw_error_deg": round(float(np.degrees(yaw_err)), 1), "drops": st["drops"]}
+
+
+CLASSIFIERS = {"can": ("can_state", classify_can), "square": ("square_state", classify_square)}
+
+
+def main(argv: list[str] | None = None, task: str | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if task is None:
+        p.add_argument("--task", required=True, choices=sorted(CLASSIFIERS))
+    p.add_argument("checkpoint")
+    p.add_argument("seeds", type=int, nargs="+")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--num-inference-steps", type=int, default=10)
+    p.add_argument("--n-action-steps", type=int, default=None, help="execute Ta actions per chunk instead of the checkpoint's")
+    p.add_argument("--out", default=None, help="JSON file for the per-seed labels")
+    a = p.parse_args(argv)
+    task = task or a.task
+    task_id, classify = CLASSIFIERS[task]
+    torch.set_num_threads(1)
+    policy, _ = load_policy(a.checkpoint, "cpu")
+    if a.n_action_steps is not None:  # as benchmark --n-action-steps does
+        policy.config = with_action_horizon(policy, a.n_action_steps)
+    agent = DiffusionAgent(policy)
+    agent.sample_kwargs.update(sampler=a.sampler, num_inference_steps=a.num_inference_steps)
+    env = get_task(task_id).make_env()
+    rows = []
+    for seed in a.seeds:
+        rows.append(classify(agent, env, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    env.close()
+    counts = Counter(r["mode"] for r in rows)
+    print(dict(counts))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"task": task, "checkpoint": a.checkpoint, "sampler": a.sampler,
+                       "num_inference_steps": a.num_inference_steps, "n_action_steps": a.n_action_steps,
+                       "counts": counts, "episodes": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
