@@ -1,0 +1,77 @@
+"""benchmarks/tools/robosuite_failure_modes.py: the labels come from the episode's own simulator
+state (a scripted expert's Square episode is a success, a policy that never moves is ``never_lifted``
+for Can and Square)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "tools" / "robosuite_failure_modes.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    pytest.importorskip("robosuite")
+    spec = importlib.util.spec_from_file_location("robosuite_failure_modes", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class ExpertAgent:
+    """The agent interface the tool drives (reset / set_noise_key / predict), backed by a scripted
+    expert built after each env reset, as ``dp_gym.collect`` runs it."""
+
+    def __init__(self, name: str, env) -> None:
+        self.name, self.env, self.seed, self.expert = name, env, None, None
+
+    def reset(self, n_envs: int) -> None:
+        self.expert = None
+
+    def set_noise_key(self, env_index: int, key: int) -> None:
+        self.seed = key
+
+    def predict(self, obs, deterministic: bool = True):
+        from dp_gym.experts import make_expert
+
+        if self.expert is None:
+            self.expert = make_expert(self.name, self.env, seed=self.seed)
+            self.expert.reset()
+        return self.expert.act(), None
+
+
+class StillAgent(ExpertAgent):
+    def predict(self, obs, deterministic: bool = True):
+        return np.zeros(self.env.action_space.shape, np.float32), None
+
+
+def test_square_labels(tool) -> None:
+    from dp_gym.tasks import get_task
+
+    env = get_task("square_state").make_env()
+    try:
+        ok = tool.classify_square(ExpertAgent("square", env.unwrapped), env, seed=3)
+        assert ok["mode"] == "success" and ok["steps"] < 400 and ok["min_peg_offset"] < 0.03
+        assert ok["final_height"] < 0.05 and abs(ok["final_yaw_error_deg"]) < 10
+        still = tool.classify_square(StillAgent("square", env.unwrapped), env, seed=3)
+        assert still["mode"] == "never_lifted" and still["steps"] == 400 and not still["held_at_end"]
+        assert still["min_peg_offset"] > 0.03
+    finally:
+        env.close()
+
+
+def test_can_never_lifted(tool) -> None:
+    from dp_gym.tasks import get_task
+
+    env = get_task("can_state").make_env()
+    try:
+        row = tool.classify_can(StillAgent("can", env.unwrapped), env, seed=5)
+        assert row["mode"] == "never_lifted" and row["steps"] == 400 and row["regrasps"] == 0
+    finally:
+        env.close()
