@@ -55,20 +55,25 @@ merge() {  # merge OUT IN [IN ...]: one robomimic file from several (skipped whe
     [[ -f $out ]] || python -c "import sys; from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(sys.argv[2:], sys.argv[1]), 'demos')" "$out" "$@"
 }
 
+square_chain() {  # square_chain EXPERT DATA_DIR RUN_PREFIX NAME_PREFIX RESULT_PREFIX
+    # Demos of EXPERT from seeds 0-179 and 1000-1049 (the experts' own check), then 12000 steps from
+    # scratch and two --init-from cycles of 6000 and 12000 steps, scored on 100 seeds.
+    local ex=$1 data=$2 run=runs/$3_dp_small_x0_12k name=$4_12k_ft6k_ft12k$SFX res=$5_12k_ft6k_ft12k$SFX
+    collect "$ex" 160 0 "runs/demos/${ex}_seeds0-159.hdf5"
+    collect "$ex" 20 160 "runs/demos/${ex}_seeds160-179.hdf5"
+    collect "$ex" 50 1000 "runs/demos/${ex}_eval50.hdf5"
+    merge "runs/demos/$ex.hdf5" "runs/demos/${ex}_seeds0-159.hdf5" "runs/demos/${ex}_seeds160-179.hdf5" \
+        "runs/demos/${ex}_eval50.hdf5"
+    mkdir -p "$data/robosuite" && ln -sf "../../demos/$ex.hdf5" "$data/robosuite/square.hdf5"
+    train square_state "$data" "$run$SFX" 12000 --model-size small --policy-overrides "$X0"
+    train square_state "$data" "${run}_ft6k$SFX" 6000 --init-from "$run$SFX/checkpoints/latest"
+    train square_state "$data" "${run}_ft6k_ft12k$SFX" 12000 --init-from "${run}_ft6k$SFX/checkpoints/latest"
+    score square_state "$data" "${run}_ft6k_ft12k$SFX" "$name" "$res"
+}
+
 case $TASK in
 square)
-    collect square 160 0 runs/demos/square_seeds0-159.hdf5
-    collect square 20 160 runs/demos/square_seeds160-179.hdf5
-    collect square 50 1000 runs/demos/square_eval50.hdf5
-    merge runs/demos/square.hdf5 runs/demos/square_seeds0-159.hdf5 runs/demos/square_seeds160-179.hdf5 runs/demos/square_eval50.hdf5
-    mkdir -p runs/data/robosuite && ln -sf ../../demos/square.hdf5 runs/data/robosuite/square.hdf5
-    train square_state runs/data runs/square_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
-    train square_state runs/data runs/square_dp_small_x0_12k_ft6k$SFX 6000 \
-        --init-from runs/square_dp_small_x0_12k$SFX/checkpoints/latest
-    train square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k$SFX 12000 \
-        --init-from runs/square_dp_small_x0_12k_ft6k$SFX/checkpoints/latest
-    score square_state runs/data runs/square_dp_small_x0_12k_ft6k_ft12k$SFX dp_unet_small_x0_12k_ft6k_ft12k$SFX \
-        square/s12_dp_x0_12k_ft6k_ft12k$SFX ;;
+    square_chain square runs/data square dp_unet_small_x0 square/s12_dp_x0 ;;
 can)
     collect can 210 0 runs/demos/can_post30_drop30.hdf5 --post-success-steps 30 --drop-prob 0.3
     mkdir -p runs/data_post30_drop30/robosuite
@@ -99,18 +104,6 @@ square-36k)  # one long cosine schedule instead of the 12000 + 6000 + 12000 chai
         --keep-every 12000
     score square_state runs/data runs/square_dp_small_x0_36k$SFX dp_unet_small_x0_36k$SFX square/s13_dp_x0_36k$SFX ;;
 square-loose)  # the square chain on demos of the square_loose expert (lowers the nut when roughly aligned)
-    collect square_loose 160 0 runs/demos/square_loose_seeds0-159.hdf5
-    collect square_loose 20 160 runs/demos/square_loose_seeds160-179.hdf5
-    collect square_loose 50 1000 runs/demos/square_loose_eval50.hdf5
-    merge runs/demos/square_loose.hdf5 runs/demos/square_loose_seeds0-159.hdf5 runs/demos/square_loose_seeds160-179.hdf5 \
-        runs/demos/square_loose_eval50.hdf5
-    mkdir -p runs/data_loose/robosuite && ln -sf ../../demos/square_loose.hdf5 runs/data_loose/robosuite/square.hdf5
-    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
-    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k$SFX 6000 \
-        --init-from runs/square_loose_dp_small_x0_12k$SFX/checkpoints/latest
-    train square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k_ft12k$SFX 12000 \
-        --init-from runs/square_loose_dp_small_x0_12k_ft6k$SFX/checkpoints/latest
-    score square_state runs/data_loose runs/square_loose_dp_small_x0_12k_ft6k_ft12k$SFX \
-        dp_unet_small_x0_loose_12k_ft6k_ft12k$SFX square/s13_dp_x0_loose_12k_ft6k_ft12k$SFX ;;
+    square_chain square_loose runs/data_loose square_loose dp_unet_small_x0_loose square/s13_dp_x0_loose ;;
 *) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose" >&2; exit 2 ;;
 esac

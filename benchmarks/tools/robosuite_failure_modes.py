@@ -64,6 +64,13 @@ def rollout(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
     return steps, success
 
 
+def label(success: bool, stages: list[tuple[str, bool]], otherwise: str) -> str:
+    """``"success"``, else the name of the first stage the episode never reached, else ``otherwise``."""
+    if success:
+        return "success"
+    return next((name for name, reached in stages if not reached), otherwise)
+
+
 def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
     rs = env.unwrapped.robosuite_env
     can_id = rs.obj_body_id["Can"]
@@ -85,14 +92,8 @@ def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
 
     steps, success = rollout(agent, env, seed, on_reset, on_step)
     held = bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=rs.objects[bin_id].contact_geoms))
-    if success:
-        mode = "success"
-    elif not st["lifted"]:
-        mode = "never_lifted"
-    elif not st["in_bin"]:
-        mode = "lifted_not_in_bin"
-    else:
-        mode = "in_bin_gripper_too_close"
+    mode = label(success, [("never_lifted", st["lifted"]), ("lifted_not_in_bin", st["in_bin"])],
+                 "in_bin_gripper_too_close")
     return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": held, "regrasps": st["regrasps"]}
 
 
@@ -126,14 +127,8 @@ def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
     pos = rs.sim.data.body_xpos[nut_id]
     # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
     yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[nut_id]), np.pi / 2)
-    if success:
-        mode = "success"
-    elif not st["lifted"]:
-        mode = "never_lifted"
-    elif not st["over_peg"]:
-        mode = "lifted_never_over_peg"
-    else:
-        mode = "over_peg_not_down"
+    mode = label(success, [("never_lifted", st["lifted"]), ("lifted_never_over_peg", st["over_peg"])],
+                 "over_peg_not_down")
     return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": grasped(),
             "min_peg_offset": round(st["min_offset"], 4),
             "final_peg_offset": round(float(np.max(np.abs(pos[:2] - rs.sim.data.body_xpos[peg_id][:2]))), 4),
