@@ -100,3 +100,13 @@ for ta in 8 4 2 1; do
         --sampler ddim --num-inference-steps 10 --n-action-steps "$ta" --videos 0 --latency-repeats 3 \
         --num-threads "$THREADS" --out-dir "$OUT/s12_dp_x0_ta$ta"
 done
+
+# Session 13: the same checkpoint with the sampler's noise scaled (benchmark --noise-scale; 0 = DDIM
+# from x_T = 0, a noise-free plan), at Ta = 1 and 8, and 0.5 at Ta = 1.
+for cfg in "1 0" "8 0" "1 0.5"; do
+    set -- $cfg
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "dp_unet_small_x0_ta$1_ns$2=runs/kitchen_dp_small_x0/checkpoints/latest" \
+        --sampler ddim --num-inference-steps 10 --n-action-steps "$1" --noise-scale "$2" --videos 0 --latency-repeats 3 \
+        --num-threads "$THREADS" --out-dir "$OUT/s13_dp_x0_ta$1_ns$2"
+done
