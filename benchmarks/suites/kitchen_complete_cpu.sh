@@ -110,3 +110,10 @@ for cfg in "1 0" "8 0" "1 0.5"; do
         --sampler ddim --num-inference-steps 10 --n-action-steps "$1" --noise-scale "$2" --videos 0 --latency-repeats 3 \
         --num-threads "$THREADS" --out-dir "$OUT/s13_dp_x0_ta$1_ns$2"
 done
+# and the run's step-2000 and step-4000 checkpoints at Ta = 1, noise 0
+for step in 2000 4000; do
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "dp_unet_small_x0_step${step}_ta1_ns0=runs/kitchen_dp_small_x0/checkpoints/step_$step" \
+        --sampler ddim --num-inference-steps 10 --n-action-steps 1 --noise-scale 0 --videos 0 --latency-repeats 3 \
+        --num-threads "$THREADS" --out-dir "$OUT/s13_dp_x0_step${step}_ta1_ns0"
+done
