@@ -20,12 +20,12 @@ y and less than 5 cm above the table, robosuite's ``on_peg``):
 
 * ``never_lifted``: the nut never rose 5 cm above its start (no grasp);
 * ``lifted_never_over_peg``: lifted, but its centre never came within 3 cm of the peg in x and y;
-* ``over_peg_not_down``: it was over the peg (within 3 cm) but never went down onto it, i.e. the
-  hole missed the peg (nut resting or held on the peg's top).
+* ``over_peg_not_down``: it was over the peg (within 3 cm) but never went down onto it: the nut
+  hovers over, rests on or jams on the peg's top.
   ``min_peg_offset`` / ``final_peg_offset`` (smallest / last max(|dx|, |dy|) to the peg, m),
   ``final_height`` (nut centre above the table, m; ~0.16 resting on the peg's top),
-  ``final_yaw_error_deg`` (nut yaw off the peg's square, -45..45), ``drops`` (times the grasp was lost while the nut was lifted and away from the
-  peg) and ``held_at_end`` say more.
+  ``final_yaw_error_deg`` (nut yaw off the peg's square, -45..45), ``drops`` (times the grasp was
+  lost while the nut was lifted and away from the peg) and ``held_at_end`` say more.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from dp_gym.benchmark import with_action_horizon
 from dp_gym.checkpoint import load_policy
 from dp_gym.experts.base import wrap_angle, yaw_of
 from dp_gym.tasks import get_task
+
+ON_PEG_XY = 0.03  # robosuite's on_peg: nut centre within this of the peg in x and y (m)
 
 
 def rollout(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
@@ -106,33 +108,34 @@ def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
     def grasped() -> bool:
         return bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=nut.contact_geoms))
 
+    def peg_offset() -> float:  # max(|dx|, |dy|) of the nut centre from the peg axis
+        return float(np.max(np.abs(rs.sim.data.body_xpos[nut_id][:2] - rs.sim.data.body_xpos[peg_id][:2])))
+
     st = dict(z0=np.nan, lifted=False, over_peg=False, min_offset=np.inf, drops=0, was_held=False)
 
     def on_reset() -> None:
         st["z0"] = float(rs.sim.data.body_xpos[nut_id][2])
 
     def on_step(action: np.ndarray) -> None:
-        pos = rs.sim.data.body_xpos[nut_id]
-        offset = float(np.max(np.abs(pos[:2] - rs.sim.data.body_xpos[peg_id][:2])))
-        lifted_now = bool(pos[2] > st["z0"] + 0.05)
+        offset = peg_offset()
+        lifted_now = bool(rs.sim.data.body_xpos[nut_id][2] > st["z0"] + 0.05)
         st["lifted"] |= lifted_now
-        st["over_peg"] |= offset < 0.03
+        st["over_peg"] |= offset < ON_PEG_XY
         st["min_offset"] = min(st["min_offset"], offset)
         held = grasped()
-        if st["was_held"] and not held and lifted_now and offset >= 0.03:
+        if st["was_held"] and not held and lifted_now and offset >= ON_PEG_XY:
             st["drops"] += 1
         st["was_held"] = held
 
     steps, success = rollout(agent, env, seed, on_reset, on_step)
-    pos = rs.sim.data.body_xpos[nut_id]
     # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
     yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[nut_id]), np.pi / 2)
     mode = label(success, [("never_lifted", st["lifted"]), ("lifted_never_over_peg", st["over_peg"])],
                  "over_peg_not_down")
     return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": grasped(),
             "min_peg_offset": round(st["min_offset"], 4),
-            "final_peg_offset": round(float(np.max(np.abs(pos[:2] - rs.sim.data.body_xpos[peg_id][:2]))), 4),
-            "final_height": round(float(pos[2]) - table_z, 4),
+            "final_peg_offset": round(peg_offset(), 4),
+            "final_height": round(float(rs.sim.data.body_xpos[nut_id][2]) - table_z, 4),
             "final_yaw_error_deg": round(float(np.degrees(yaw_err)), 1), "drops": st["drops"]}
 
 
