@@ -1,0 +1,62 @@
+"""Step at which each kitchen task is first completed, per seed, for a diffusion checkpoint (a
+diagnostic, not a score: where in the 280 steps the policy stops making progress).
+
+    MUJOCO_GL=egl python benchmarks/tools/kitchen_task_times.py CHECKPOINT SEED [SEED ...] \
+        [--n-action-steps N] [--noise-scale S] [--out times.json]
+
+Seeds are replayed as ``python -m dp_gym.benchmark`` runs them (DDIM-10, sampler noise keyed by
+the seed, ``deterministic=True``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from dp_gym.agent import DiffusionAgent
+from dp_gym.benchmark import with_action_horizon
+from dp_gym.checkpoint import load_policy
+from dp_gym.tasks import get_task
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("seeds", type=int, nargs="+")
+    p.add_argument("--n-action-steps", type=int, default=None)
+    p.add_argument("--noise-scale", type=float, default=1.0)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    policy, _ = load_policy(a.checkpoint, "cpu")
+    if a.n_action_steps is not None:
+        policy.config = with_action_horizon(policy, a.n_action_steps)
+    agent = DiffusionAgent(policy)
+    agent.sample_kwargs.update(sampler="ddim", num_inference_steps=10, noise_scale=a.noise_scale)
+    env = get_task("kitchen_complete").make_env()
+    rows = []
+    for seed in a.seeds:
+        obs, _ = env.reset(seed=seed)
+        agent.reset(1)
+        agent.set_noise_key(0, seed)
+        first: dict[str, int] = {}
+        for t in range(1, env.unwrapped.max_episode_steps + 1):
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, info = env.step(action)
+            for task in info["completed_tasks"]:
+                first.setdefault(task, t)
+            if terminated or truncated:
+                break
+        rows.append({"seed": seed, "first_completed_step": first, "steps": t})
+        print(json.dumps(rows[-1]), flush=True)
+    env.close()
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"checkpoint": a.checkpoint, "n_action_steps": a.n_action_steps, "noise_scale": a.noise_scale,
+                       "episodes": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
