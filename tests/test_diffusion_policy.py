@@ -90,6 +90,8 @@ def test_unet_bad_shapes_raise():
         (dict(action_dim=0), "action_dim must be >= 1"),
         (dict(obs_shapes={}), "at least one"),
         (dict(obs_shapes={"img": [3, 96, 96]}), "low-dim"),
+        (dict(obs_noise_std=-0.1), "obs_noise_std must be"),
+        (dict(obs_noise_std=float("nan")), "obs_noise_std must be"),
     ],
 )
 def test_config_validation(kw, match):
@@ -199,6 +201,24 @@ def test_obs_validation_errors():
         p.predict_chunk({"obs": torch.zeros(1, 2, OBS_D, dtype=torch.long)})
     with pytest.raises(ValueError, match="batch"):
         check_obs({"a": torch.zeros(2, 1, 1), "b": torch.zeros(3, 1, 1)}, {"a": [1], "b": [1]}, 1)
+
+
+def test_obs_noise_augments_training_conditioning_only():
+    """``obs_noise_std`` adds Gaussian noise of that std to the normalised low-dim features in
+    training; in eval mode (validation, sampling) the loss is the noise-free one."""
+    obs, act = obs_batch(b=256), torch.rand(256, 16, A) * 10
+    clean, noisy = tiny_policy(), tiny_policy(obs_noise_std=0.5)  # same weights and normalisers
+    delta = noisy.encode_obs(obs, obs_noise_std=0.5) - noisy.normalized_obs(obs)
+    assert abs(delta.std().item() - 0.5) < 0.05 and abs(delta.mean().item()) < 0.05
+    assert torch.equal(noisy.encode_obs(obs), noisy.normalized_obs(obs))
+    batch = {"obs": obs["obs"], "action": act}
+
+    def loss(policy):
+        torch.manual_seed(3)
+        return policy.compute_loss(batch).item()
+
+    assert loss(noisy.eval()) == loss(clean.eval())
+    assert loss(noisy.train()) != loss(clean.train())
 
 
 # --- learning -------------------------------------------------------------------------------

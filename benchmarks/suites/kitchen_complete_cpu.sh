@@ -117,3 +117,18 @@ for step in 2000 4000; do
         --sampler ddim --num-inference-steps 10 --n-action-steps 1 --noise-scale 0 --videos 0 --latency-repeats 3 \
         --num-threads "$THREADS" --out-dir "$OUT/s13_dp_x0_step${step}_ta1_ns0"
 done
+
+# Session 14: observation-noise augmentation in training (policy config obs_noise_std: Gaussian
+# noise of that std on the normalised low-dim observations, training only), otherwise the 6000-step
+# x0 recipe above; scored at Ta = 1, noise scale 0 (the best setting of session 13).
+s14_obs_noise() {  # s14_obs_noise STD
+    python -m dp_gym.train --task kitchen_complete --policy diffusion --model-size small \
+        --policy-overrides "{\"prediction_type\": \"sample\", \"obs_noise_std\": $1}" --steps 6000 --batch-size 64 \
+        --val-ratio 0 --checkpoint-every 1000 --keep-every 2000 --log-every 100 \
+        --num-threads "$THREADS" --out-dir "runs/kitchen_dp_small_x0_obsnoise$1" --resume
+    python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 10 \
+        --policy "dp_unet_small_x0_obsnoise$1_ta1_ns0=runs/kitchen_dp_small_x0_obsnoise$1/checkpoints/latest" \
+        --sampler ddim --num-inference-steps 10 --n-action-steps 1 --noise-scale 0 --videos 1 --latency-repeats 3 \
+        --num-threads "$THREADS" --out-dir "$OUT/s14_dp_x0_obsnoise$1_ta1_ns0"
+}
+s14_obs_noise 0.1

@@ -2,7 +2,7 @@
 # Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
 # empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
 #
-# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k|square-loose
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs
 #   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
 #           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
 #   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
@@ -14,6 +14,8 @@
 #           --init-from cycles; checkpoints at 12000 and 24000 kept), same data as square.
 #   square-loose (session 13): the square chain (12000 + 6000 + 12000) on demos of the square_loose
 #           expert, collected from the same seeds as square's (0-179 and 1000-1049).
+#   square-abs (session 14): the square chain on the original Square demos' absolute pose actions
+#           (task square_state_abs: position + rot6d + gripper), x0-prediction.
 #   SEED=N (square, square-36k, square-loose): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
 #           a second sample of the same recipe.
 # A collection or merge is skipped when its file exists and every train command takes --resume, so a killed
@@ -55,20 +57,22 @@ merge() {  # merge OUT IN [IN ...]: one robomimic file from several (skipped whe
     [[ -f $out ]] || python -c "import sys; from dp_gym.data.robomimic import merge_robomimic_hdf5 as m; print(m(sys.argv[2:], sys.argv[1]), 'demos')" "$out" "$@"
 }
 
-square_chain() {  # square_chain EXPERT DATA_DIR RUN_PREFIX NAME_PREFIX RESULT_PREFIX
+square_chain() {  # square_chain EXPERT DATA_DIR RUN_PREFIX NAME_PREFIX RESULT_PREFIX [TASK_ID]
     # Demos of EXPERT from seeds 0-179 and 1000-1049 (the experts' own check), then 12000 steps from
-    # scratch and two --init-from cycles of 6000 and 12000 steps, scored on 100 seeds.
+    # scratch and two --init-from cycles of 6000 and 12000 steps on TASK_ID (default square_state,
+    # the delta actions), scored on 100 seeds.
     local ex=$1 data=$2 run=runs/$3_dp_small_x0_12k name=$4_12k_ft6k_ft12k$SFX res=$5_12k_ft6k_ft12k$SFX
+    local tid=${6:-square_state}
     collect "$ex" 160 0 "runs/demos/${ex}_seeds0-159.hdf5"
     collect "$ex" 20 160 "runs/demos/${ex}_seeds160-179.hdf5"
     collect "$ex" 50 1000 "runs/demos/${ex}_eval50.hdf5"
     merge "runs/demos/$ex.hdf5" "runs/demos/${ex}_seeds0-159.hdf5" "runs/demos/${ex}_seeds160-179.hdf5" \
         "runs/demos/${ex}_eval50.hdf5"
     mkdir -p "$data/robosuite" && ln -sf "../../demos/$ex.hdf5" "$data/robosuite/square.hdf5"
-    train square_state "$data" "$run$SFX" 12000 --model-size small --policy-overrides "$X0"
-    train square_state "$data" "${run}_ft6k$SFX" 6000 --init-from "$run$SFX/checkpoints/latest"
-    train square_state "$data" "${run}_ft6k_ft12k$SFX" 12000 --init-from "${run}_ft6k$SFX/checkpoints/latest"
-    score square_state "$data" "${run}_ft6k_ft12k$SFX" "$name" "$res"
+    train "$tid" "$data" "$run$SFX" 12000 --model-size small --policy-overrides "$X0"
+    train "$tid" "$data" "${run}_ft6k$SFX" 6000 --init-from "$run$SFX/checkpoints/latest"
+    train "$tid" "$data" "${run}_ft6k_ft12k$SFX" 12000 --init-from "${run}_ft6k$SFX/checkpoints/latest"
+    score "$tid" "$data" "${run}_ft6k_ft12k$SFX" "$name" "$res"
 }
 
 case $TASK in
@@ -105,5 +109,7 @@ square-36k)  # one long cosine schedule instead of the 12000 + 6000 + 12000 chai
     score square_state runs/data runs/square_dp_small_x0_36k$SFX dp_unet_small_x0_36k$SFX square/s13_dp_x0_36k$SFX ;;
 square-loose)  # the square chain on demos of the square_loose expert (lowers the nut when roughly aligned)
     square_chain square_loose runs/data_loose square_loose dp_unet_small_x0_loose square/s13_dp_x0_loose ;;
-*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose" >&2; exit 2 ;;
+square-abs)  # the square chain on the same demos' absolute pose actions (the paper's position control)
+    square_chain square runs/data square_abs dp_unet_small_x0_abs square/s14_dp_x0_abs square_state_abs ;;
+*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs" >&2; exit 2 ;;
 esac

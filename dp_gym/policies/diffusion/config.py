@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from dp_gym.policies.base import ConfigDict, validate_policy_fields
@@ -53,6 +54,10 @@ class DiffusionConfig(ConfigDict):
     prediction_type: str = "epsilon"
     sampler: str = "ddpm"  # "ddpm" | "ddim"
     num_inference_steps: int = 100
+    # Training-only augmentation: Gaussian noise of this std (in normalised units, where the data
+    # spans [-1, 1]) added to the low-dim observation features, as robomimic's Gaussian-noise obs
+    # randomiser does; makes the policy less sensitive to states slightly off the demos. 0 = off.
+    obs_noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps", "image_feature_dim",
@@ -76,6 +81,9 @@ class DiffusionConfig(ConfigDict):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {self.sampler!r}")
+        self.obs_noise_std = float(self.obs_noise_std)
+        if not math.isfinite(self.obs_noise_std) or self.obs_noise_std < 0:
+            raise ValueError(f"obs_noise_std must be a finite number >= 0, got {self.obs_noise_std}")
         if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError("num_inference_steps cannot exceed num_train_timesteps")
 

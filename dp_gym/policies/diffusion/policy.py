@@ -77,17 +77,18 @@ class DiffusionPolicy(NormalizedPolicy):
                 num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size,
             )
 
-    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0) -> torch.Tensor:
         """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk):
         image features of every camera (all B*To frames in one encoder pass), then the normalised
-        low-dim keys."""
+        low-dim keys, plus Gaussian noise of std ``obs_noise_std`` on those (training only)."""
         feats = []
         if self.image_encoder is not None:
             images = {k: obs[k].flatten(0, 1) for k in self.config.image_keys}  # (B*To, H, W, C)
             b, to = obs[self.config.image_keys[0]].shape[:2]
             feats.append(self.image_encoder(images).reshape(b, to, -1))
         if self.config.lowdim_keys:
-            feats.append(self.normalized_obs(obs))
+            lowdim = self.normalized_obs(obs)
+            feats.append(lowdim + obs_noise_std * torch.randn_like(lowdim) if obs_noise_std > 0 else lowdim)
         return torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
 
     # --- training -------------------------------------------------------------------------
@@ -106,7 +107,7 @@ class DiffusionPolicy(NormalizedPolicy):
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         obs = {k: batch[k][:, : self.config.n_obs_steps] for k in self.config.obs_shapes}
         check_obs(obs, self.config.obs_shapes, self.config.n_obs_steps)
-        cond = self.encode_obs(obs)
+        cond = self.encode_obs(obs, obs_noise_std=self.config.obs_noise_std if self.training else 0.0)
         x0 = self.action_normalizer.normalize(batch["action"])
         B = x0.shape[0]
         noise = torch.randn_like(x0)
