@@ -2,7 +2,7 @@
 # Session 12: the x0-prediction recipes for robosuite Can and Square, each one CPU core, from an
 # empty runs/ (demos collected here, trained from scratch, scored on 100 seeds).
 #
-# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs
+# Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_x0_chains_cpu.sh square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs-12k|square-abs
 #   square: the session-10/11 chain: 12000 steps from scratch on the original Square demos, then
 #           two --init-from cycles of 6000 and 12000 steps (fresh lr 1e-4 cosine cycle each).
 #   can:    24000 steps from scratch on Can demos that go on 30 steps past success and hold forced
@@ -16,7 +16,9 @@
 #           expert, collected from the same seeds as square's (0-179 and 1000-1049).
 #   square-abs (session 14): the square chain on the original Square demos' absolute pose actions
 #           (task square_state_abs: position + rot6d + gripper), x0-prediction.
-#   SEED=N (square, square-36k, square-loose): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
+#   square-abs-12k (session 14): only the chain's first stage (12000 steps from scratch, the same run
+#           folder, so square-abs after it reuses it), scored on 100 seeds.
+#   SEED=N (square, square-36k, square-loose, square-abs[-12k]): train with --seed N (default 42, the trainer's) into run and result folders suffixed _seedN,
 #           a second sample of the same recipe.
 # A collection or merge is skipped when its file exists and every train command takes --resume, so a killed
 # run is restarted with the same command. Scores go to benchmarks/results/robosuite_state_cpu/<task>/.
@@ -109,7 +111,10 @@ square-36k)  # one long cosine schedule instead of the 12000 + 6000 + 12000 chai
     score square_state runs/data runs/square_dp_small_x0_36k$SFX dp_unet_small_x0_36k$SFX square/s13_dp_x0_36k$SFX ;;
 square-loose)  # the square chain on demos of the square_loose expert (lowers the nut when roughly aligned)
     square_chain square_loose runs/data_loose square_loose dp_unet_small_x0_loose square/s13_dp_x0_loose ;;
+square-abs-12k)  # the first 12000-step stage of square-abs alone (the same run folder), scored on 100 seeds
+    train square_state_abs runs/data runs/square_abs_dp_small_x0_12k$SFX 12000 --model-size small --policy-overrides "$X0"
+    score square_state_abs runs/data runs/square_abs_dp_small_x0_12k$SFX dp_unet_small_x0_abs_12k$SFX square/s14_dp_x0_abs_12k$SFX ;;
 square-abs)  # the square chain on the same demos' absolute pose actions (the paper's position control)
     square_chain square runs/data square_abs dp_unet_small_x0_abs square/s14_dp_x0_abs square_state_abs ;;
-*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs" >&2; exit 2 ;;
+*) echo "usage: $0 square|can|square-ft12k|square-2x|square-36k|square-loose|square-abs-12k|square-abs" >&2; exit 2 ;;
 esac
