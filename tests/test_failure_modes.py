@@ -75,3 +75,11 @@ def test_can_never_lifted(tool) -> None:
         assert row["mode"] == "never_lifted" and row["steps"] == 400 and row["regrasps"] == 0
     finally:
         env.close()
+
+
+def test_env_follows_the_checkpoint_action_space(tool) -> None:
+    assert tool.env_task_id("square", 7) == "square_state"
+    assert tool.env_task_id("square", 10) == "square_state_abs"
+    assert tool.env_task_id("can", 10) == "can_state_abs"
+    with pytest.raises(ValueError, match="action_dim 9"):
+        tool.env_task_id("can", 9)

@@ -132,3 +132,9 @@ s14_obs_noise() {  # s14_obs_noise STD
         --num-threads "$THREADS" --out-dir "$OUT/s14_dp_x0_obsnoise$1_ta1_ns0"
 }
 s14_obs_noise 0.1
+# The session-12 6000-step x0 checkpoint with the paper's DDPM-100 sampler at Ta = 1 (at Ta = 8 DDPM-100
+# beat DDIM-10 on this checkpoint: p3 0.12 vs 0.02, session 10).
+python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-envs 25 \
+    --policy "dp_unet_small_x0_ddpm100_ta1=runs/kitchen_dp_small_x0/checkpoints/latest" \
+    --sampler ddpm --num-inference-steps 100 --n-action-steps 1 --videos 0 --latency-repeats 1 \
+    --num-threads "$THREADS" --out-dir "$OUT/s14_dp_x0_ddpm100_ta1"

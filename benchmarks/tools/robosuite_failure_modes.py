@@ -15,6 +15,8 @@ Can (``can_state``):
   it; ``held_at_end`` and ``regrasps`` (gripper commands switching open -> close while the can was in
   the compartment) tell holding on from re-grasping it.
 
+A checkpoint with absolute pose actions (10-d) runs in ``<task>_state_abs`` instead.
+
 Square (``square_state``; success = the square nut's centre within 3 cm of the square peg in x and
 y and less than 5 cm above the table, robosuite's ``on_peg``):
 
@@ -142,6 +144,17 @@ def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
 CLASSIFIERS = {"can": ("can_state", classify_can), "square": ("square_state", classify_square)}
 
 
+def env_task_id(task: str, action_dim: int) -> str:
+    """The task id whose env a checkpoint runs in: ``<task>_state`` for OSC delta actions (7-d),
+    ``<task>_state_abs`` for absolute poses (position + rot6d + gripper, 10-d)."""
+    base = CLASSIFIERS[task][0]
+    if action_dim == 7:
+        return base
+    if action_dim == 10:
+        return base + "_abs"
+    raise ValueError(f"{task}: expected a checkpoint with 7-d delta or 10-d absolute actions, got action_dim {action_dim}")
+
+
 def main(argv: list[str] | None = None, task: str | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     if task is None:
@@ -154,9 +167,10 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
     p.add_argument("--out", default=None, help="JSON file for the per-seed labels")
     a = p.parse_args(argv)
     task = task or a.task
-    task_id, classify = CLASSIFIERS[task]
+    classify = CLASSIFIERS[task][1]
     torch.set_num_threads(1)
     policy, _ = load_policy(a.checkpoint, "cpu")
+    task_id = env_task_id(task, policy.config.action_dim)
     if a.n_action_steps is not None:  # as benchmark --n-action-steps does
         policy.config = with_action_horizon(policy, a.n_action_steps)
     agent = DiffusionAgent(policy)
@@ -171,7 +185,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
     print(dict(counts))
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"task": task, "checkpoint": a.checkpoint, "sampler": a.sampler,
+            json.dump({"task": task, "task_id": task_id, "checkpoint": a.checkpoint, "sampler": a.sampler,
                        "num_inference_steps": a.num_inference_steps, "n_action_steps": a.n_action_steps,
                        "counts": counts, "episodes": rows}, f, indent=1)
 
