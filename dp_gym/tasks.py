@@ -74,6 +74,14 @@ def _kitchen_complete(data_dir: str | None) -> EpisodeData:
     return EpisodeData({"obs": ep.arrays["obs"], "action": ep.arrays["action"]}, ep.episode_ends, ep.meta)
 
 
+def _kitchen_complete_abs(data_dir: str | None) -> EpisodeData:
+    from dp_gym.envs.kitchen import N_ROBOT_QPOS, velocity_to_position_targets
+
+    ep = _kitchen_complete(data_dir)
+    targets = velocity_to_position_targets(ep.arrays["obs"][:, :N_ROBOT_QPOS], ep.arrays["action"])
+    return EpisodeData({"obs": ep.arrays["obs"], "action": targets.astype(np.float32)}, ep.episode_ends, ep.meta)
+
+
 ROBOMIMIC_LOWDIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object")
 ROBOMIMIC_CAMERAS = ("agentview_image", "robot0_eye_in_hand_image")
 
@@ -168,6 +176,17 @@ TASKS: dict[str, Task] = {
         count_info_key="n_completed",
         count_max=4,
         description="Franka Kitchen (D4RL kitchen-complete-v0, 19 demos): microwave, kettle, light switch, slide cabinet",
+    ),
+    "kitchen_complete_abs": Task(
+        name="kitchen_complete_abs",
+        env_id="dp_gym/FrankaKitchen-v0",
+        env_kwargs={"action_mode": "absolute"},
+        load_dataset=_kitchen_complete_abs,
+        obs_keys=("obs",),
+        max_episode_steps=280,
+        count_info_key="n_completed",
+        count_max=4,
+        description="kitchen_complete with joint position targets as actions (the demos' velocities converted exactly)",
     ),
     "toy_bimodal": Task(
         name="toy_bimodal",

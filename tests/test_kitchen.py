@@ -13,7 +13,8 @@ h5py = pytest.importorskip("h5py")
 from dp_gym.benchmark import markdown_table, p_k_metrics, rollout  # noqa: E402
 from dp_gym.data.d4rl import episode_ends_from_flags, read_d4rl_hdf5  # noqa: E402
 from dp_gym.envs.kitchen import (  # noqa: E402
-    KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, FrankaKitchenD4RLEnv, goal_vector, task_completions,
+    KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, STEP_DT, FrankaKitchenD4RLEnv, goal_vector, position_targets_to_velocity,
+    task_completions, velocity_to_position_targets,
 )
 from dp_gym.tasks import get_task  # noqa: E402
 
@@ -107,6 +108,57 @@ def test_short_replay_completes_first_task(kitchen):
     assert infos[-1]["tasks_to_complete"] == ["kettle", "light switch", "slide cabinet"]
     # the robot tracks the recording closely over this stretch
     assert np.abs(env.qpos[:9] - obs[recorded_first + 10, :9]).mean() < 0.03
+
+
+def test_absolute_targets_drive_the_robot_as_the_velocities_do():
+    """``action_mode="absolute"`` takes joint position targets; the target made from a velocity
+    action (observed qpos + 2 * action * dt) moves the simulator exactly as that velocity does."""
+    vel, ab = FrankaKitchenD4RLEnv(), FrankaKitchenD4RLEnv(action_mode="absolute")
+    assert vel.dt == ab.dt == STEP_DT and np.all(vel.robot.act_rng == 2.0) and np.all(vel.robot.act_mid == 0.0)
+    assert ab.action_space.shape == (9,) and ab.action_space.high[7] == np.float32(0.04)
+    rng = np.random.default_rng(0)
+    ov, _ = vel.reset(seed=3)
+    oa, _ = ab.reset(seed=3)
+    for _ in range(5):
+        a = rng.uniform(-0.9, 0.9, size=9)
+        target = velocity_to_position_targets(oa[:9], a)
+        np.testing.assert_allclose(position_targets_to_velocity(oa[:9], target), a, atol=1e-12)
+        ov, *_ = vel.step(a)
+        oa, *_ = ab.step(target)
+        np.testing.assert_allclose(ab.qpos, vel.qpos, atol=1e-6)  # targets made from the float32 obs
+        np.testing.assert_allclose(oa, ov, atol=1e-6)
+    # a target beyond one step's reach (0.16 rad) is commanded at the velocity limit
+    far = position_targets_to_velocity(np.zeros(9), np.r_[1.0, -1.0, np.zeros(7)])
+    np.testing.assert_array_equal(far[:2], [1.0, -1.0])
+    with pytest.raises(ValueError, match="joint position targets"):
+        ab.step(np.zeros(7))
+    with pytest.raises(ValueError, match="action_mode must be one of"):
+        FrankaKitchenD4RLEnv(action_mode="torque")
+    with pytest.raises(ValueError, match="shape \\(..., 9\\)"):
+        velocity_to_position_targets(np.zeros((4, 9)), np.zeros((4, 7)))
+
+
+def test_absolute_target_replay_completes_all_tasks(data_dir):
+    """The demos' actions as position targets (task ``kitchen_complete_abs``) replayed open loop
+    from the first recorded frame, observation noise on: unlike the velocities, they do not depend
+    on the noise the recording saw, and the demos finish all four tasks."""
+    task = get_task("kitchen_complete_abs")
+    ep = task.load_dataset(str(data_dir))
+    obs, targets = ep.arrays["obs"], ep.arrays["action"]
+    assert targets.shape == (len(obs), 9) and targets.dtype == np.float32
+    env = task.make_env()
+    try:
+        start = 0
+        for end in ep.episode_ends[:3]:
+            env.reset(seed=0, options={"qpos": obs[start, :N_QPOS]})
+            for t in range(start, end):
+                _, _, terminated, truncated, info = env.step(targets[t])
+                if terminated or truncated:
+                    break
+            assert info["is_success"] and info["completed_tasks"] == list(KITCHEN_COMPLETE_TASKS)
+            start = end
+    finally:
+        env.close()
 
 
 def test_success_termination_and_truncation():

@@ -14,6 +14,13 @@ in, so that policies trained on those datasets run here:
   defaults are 10x / 200x smaller, and its object noise reads the amplitude table shifted by one
   joint, so the object noise is added here instead. As in D4RL, the noisy robot qpos also drives the
   velocity controller.
+* actions: ``action_mode="velocity"`` (default, the D4RL datasets' own actions): 9 joint velocities
+  in [-1, 1] (x 2 rad/s, integrated over one 0.08 s step from the last observed qpos).
+  ``action_mode="absolute"``: 9 joint position targets (rad; the position control the diffusion
+  policy paper prefers). They are turned into the velocity command that makes the controller's
+  target equal them, ``(target - last observed qpos) / (2 * dt)``; a target more than one step's
+  reach (0.16 rad) away is approached at the velocity limit, as the controller would clip it
+  (``velocity_to_position_targets`` converts a D4RL recording to such targets, exactly).
 * tasks: ``tasks_to_complete`` (default: the four of kitchen-complete, in demo order); a task counts
   as completed once its joints come within 0.3 (L2) of the goal, and stays completed (D4RL's
   "remove task when complete"). ``reward`` = number of tasks completed at this step.
@@ -62,7 +69,8 @@ from gymnasium_robotics.envs.franka_kitchen import kitchen_env as _gk  # noqa: E
 from gymnasium_robotics.envs.franka_kitchen.utils import get_config_root_node, read_config_from_node  # noqa: E402
 
 __all__ = ["FrankaKitchenD4RLEnv", "KITCHEN_COMPLETE_TASKS", "ALL_TASKS", "goal_vector", "task_completions",
-           "OBS_DIM", "N_ROBOT_QPOS", "N_OBJECT_QPOS"]
+           "OBS_DIM", "N_ROBOT_QPOS", "N_OBJECT_QPOS", "ACTION_MODES", "velocity_to_position_targets",
+           "position_targets_to_velocity"]
 
 N_ROBOT_QPOS = 9
 N_OBJECT_QPOS = 21
@@ -73,6 +81,28 @@ ACTION_DIM = 9
 KITCHEN_COMPLETE_TASKS: tuple[str, ...] = ("microwave", "kettle", "light switch", "slide cabinet")
 ALL_TASKS: tuple[str, ...] = tuple(_gk.OBS_ELEMENT_GOALS)
 D4RL_NOISE_RATIO = 0.1
+ACTION_MODES = ("velocity", "absolute")
+# FrankaRobot maps an action in [-1, 1] to a joint velocity of 2 * action rad/s (act_mid 0, act_rng 2)
+# and integrates it over one env step of 40 substeps x 2 ms (tested against the library's values).
+VELOCITY_SCALE = 2.0
+STEP_DT = 0.08
+
+
+def velocity_to_position_targets(robot_qpos: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(T, 9) observed robot qpos + (T, 9) velocity actions in [-1, 1] -> (T, 9) joint position
+    targets, the controller's own ``qpos + 2 * action * dt`` (recorded observations carry the
+    noise the controller integrated from, so this is exact for a D4RL recording)."""
+    q, a = np.asarray(robot_qpos, np.float64), np.asarray(actions, np.float64)
+    if q.shape != a.shape or q.ndim < 1 or q.shape[-1] != N_ROBOT_QPOS:
+        raise ValueError(f"robot_qpos and actions must both have shape (..., {N_ROBOT_QPOS}), got {q.shape} and {a.shape}")
+    return q + VELOCITY_SCALE * np.clip(a, -1.0, 1.0) * STEP_DT
+
+
+def position_targets_to_velocity(robot_qpos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`velocity_to_position_targets`: the velocity action in [-1, 1] whose
+    controller target is ``targets`` (clipped to [-1, 1] when a target is beyond one step's reach)."""
+    q, t = np.asarray(robot_qpos, np.float64), np.asarray(targets, np.float64)
+    return np.clip((t - q) / (VELOCITY_SCALE * STEP_DT), -1.0, 1.0)
 
 
 def goal_vector(tasks: Sequence[str]) -> np.ndarray:
@@ -114,7 +144,9 @@ class FrankaKitchenD4RLEnv(gym.Env[np.ndarray, np.ndarray]):
     def __init__(self, tasks_to_complete: Sequence[str] = KITCHEN_COMPLETE_TASKS, max_episode_steps: int = 280,
                  terminate_on_tasks_completed: bool = True, robot_noise_ratio: float = D4RL_NOISE_RATIO,
                  object_noise_ratio: float = D4RL_NOISE_RATIO, render_mode: str | None = None,
-                 width: int = 256, height: int = 256, fast_render: bool = True) -> None:
+                 width: int = 256, height: int = 256, fast_render: bool = True, action_mode: str = "velocity") -> None:
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
         tasks = list(tasks_to_complete)
         if not tasks:
             raise ValueError("tasks_to_complete must name at least one task")
@@ -144,7 +176,12 @@ class FrankaKitchenD4RLEnv(gym.Env[np.ndarray, np.ndarray]):
         self._object_noise_amp = self._read_object_noise_amp()
         self._goal = goal_vector(tasks)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(OBS_DIM,), dtype=np.float32)
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        self.action_mode = action_mode
+        if action_mode == "velocity":
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
+        else:  # joint position targets within the controller's position bounds
+            bound = np.asarray(self.robot.robot_pos_bound[:ACTION_DIM], dtype=np.float32)
+            self.action_space = spaces.Box(bound[:, 0], bound[:, 1], dtype=np.float32)
         self.dt = float(self.robot.dt)
         self._completed: list[str] = []
         self._steps = 0
@@ -213,9 +250,12 @@ class FrankaKitchenD4RLEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,):
-            raise ValueError(f"action must have shape ({ACTION_DIM},) (joint velocities in [-1, 1]), got shape {action.shape}")
+            what = "joint velocities in [-1, 1]" if self.action_mode == "velocity" else "joint position targets, rad"
+            raise ValueError(f"action must have shape ({ACTION_DIM},) ({what}), got shape {action.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action}")
+        if self.action_mode == "absolute":
+            action = position_targets_to_velocity(self.robot._last_robot_qpos, action)
         self.robot.step(action)  # clip, velocity -> position target, 40 substeps
         self._steps += 1
         open_tasks = [t for t in self.tasks if t not in self._completed]
