@@ -16,7 +16,9 @@ Variants (``--variants``): ``nonoise`` (observation noise off), ``d4rl_noise`` (
 D4RL-level observation noise, which also enters the controller), ``recorded_reference`` (noise off,
 and the velocity controller integrates from the *recorded* robot qpos of each frame, as it did when
 the demo was recorded: the recorded observations carry the noise realisation that drove the original
-control inputs). ``--frame-skips`` also reports the one-step error for other frame skips.
+control inputs), ``absolute_targets`` (the env's default noise, ``action_mode="absolute"``: each
+recorded velocity turned into the joint position target it commanded, recorded qpos + 2 * action *
+dt, which no longer depends on the noise of the replay) and ``absolute_targets_nonoise``. ``--frame-skips`` also reports the one-step error for other frame skips.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from dp_gym.data.d4rl import read_d4rl_hdf5
-from dp_gym.envs.kitchen import KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, N_ROBOT_QPOS, FrankaKitchenD4RLEnv, task_completions
+from dp_gym.envs.kitchen import (
+    KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, N_ROBOT_QPOS, FrankaKitchenD4RLEnv, task_completions, velocity_to_position_targets,
+)
 from dp_gym.paths import dataset_path
 
 # name -> (env kwargs, use the recorded observations as the controller's reference)
@@ -40,6 +44,8 @@ VARIANTS: dict[str, tuple[dict[str, float], bool]] = {
     "nonoise": (NO_NOISE, False),
     "d4rl_noise": ({}, False),
     "recorded_reference": (NO_NOISE, True),
+    "absolute_targets": ({"action_mode": "absolute"}, False),
+    "absolute_targets_nonoise": ({**NO_NOISE, "action_mode": "absolute"}, False),
 }
 
 
@@ -113,6 +119,8 @@ def check(data_dir: str | None, variants: list[str], one_step: bool, frame_skips
         t0 = time.perf_counter()
         for i, (s, e) in enumerate(zip(ep.episode_starts, ep.episode_ends)):
             obs, act = obs_all[s:e], act_all[s:e]
+            if env_kwargs.get("action_mode") == "absolute":
+                act = velocity_to_position_targets(obs[:, :N_ROBOT_QPOS], act)
             rec_q = obs[:, :N_QPOS]
             r = replay_episode(env, obs, act, seed=i, recorded_reference=use_reference)
             err = np.abs(r["sim_qpos"] - rec_q)

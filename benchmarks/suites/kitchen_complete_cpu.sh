@@ -144,6 +144,8 @@ python -m dp_gym.benchmark --task kitchen_complete --seeds 100000:100050 --n-env
 # target back into that velocity). Open-loop replay of the demos' targets completes all 4 tasks in
 # 19/19 demos with the observation noise on (velocities: 2/19). The 6000-step x0 recipe, scored with
 # DDIM-10 at Ta = 8 (as trained) and Ta = 1.
+python benchmarks/kitchen_replay_check.py --variants absolute_targets,absolute_targets_nonoise \
+    --out "$OUT/replay_check_absolute.json"
 python -m dp_gym.train --task kitchen_complete_abs --policy diffusion --model-size small \
     --policy-overrides '{"prediction_type": "sample"}' --steps 6000 --batch-size 64 --val-ratio 0 \
     --checkpoint-every 1000 --keep-every 2000 --log-every 100 \
