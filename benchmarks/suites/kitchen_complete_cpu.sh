@@ -156,3 +156,24 @@ for ta in 8 1; do
         --sampler ddim --num-inference-steps 10 --n-action-steps "$ta" --videos 1 --latency-repeats 3 \
         --num-threads "$THREADS" --out-dir "$OUT/s14_dp_x0_abs_ta$ta"
 done
+# The same checkpoint at Ta = 8 with noise-free sampling (--noise-scale 0), at Ta = 4, and its
+# step-2000 / step-4000 checkpoints at Ta = 8.
+s14_abs_eval() {  # s14_abs_eval NAME CHECKPOINT TA NOISE_SCALE
+    python -m dp_gym.benchmark --task kitchen_complete_abs --seeds 100000:100050 --n-envs 10 --policy "$1=$2" \
+        --sampler ddim --num-inference-steps 10 --n-action-steps "$3" --noise-scale "$4" --videos 0 --latency-repeats 3 \
+        --num-threads "$THREADS" --out-dir "$OUT/s14_$1"
+}
+s14_abs_eval dp_x0_abs_ta8_ns0 runs/kitchen_abs_dp_small_x0/checkpoints/latest 8 0
+s14_abs_eval dp_x0_abs_ta4 runs/kitchen_abs_dp_small_x0/checkpoints/latest 4 1
+for step in 2000 4000; do
+    s14_abs_eval "dp_x0_abs_step${step}_ta8" "runs/kitchen_abs_dp_small_x0/checkpoints/step_$step" 8 1
+done
+# Longer: 16000 steps (checkpoints every 4000 kept), scored at Ta = 8.
+python -m dp_gym.train --task kitchen_complete_abs --policy diffusion --model-size small \
+    --policy-overrides '{"prediction_type": "sample"}' --steps 16000 --batch-size 64 --val-ratio 0 \
+    --checkpoint-every 1000 --keep-every 4000 --log-every 100 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_abs_dp_small_x0_16k --resume
+for step in 4000 8000 12000; do
+    s14_abs_eval "dp_x0_abs16k_step${step}_ta8" "runs/kitchen_abs_dp_small_x0_16k/checkpoints/step_$step" 8 1
+done
+s14_abs_eval dp_x0_abs16k_ta8 runs/kitchen_abs_dp_small_x0_16k/checkpoints/latest 8 1
