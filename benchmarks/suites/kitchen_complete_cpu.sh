@@ -177,3 +177,17 @@ for step in 4000 8000 12000; do
     s14_abs_eval "dp_x0_abs16k_step${step}_ta8" "runs/kitchen_abs_dp_small_x0_16k/checkpoints/step_$step" 8 1
 done
 s14_abs_eval dp_x0_abs16k_ta8 runs/kitchen_abs_dp_small_x0_16k/checkpoints/latest 8 1
+# Chunked BC (the velocity recipe above: MLP medium, 20000 steps) on the same position targets.
+python -m dp_gym.train --task kitchen_complete_abs --policy bc --model-size medium \
+    --steps 20000 --batch-size 64 --val-ratio 0 --checkpoint-every 5000 --log-every 500 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_abs_bc --resume
+python -m dp_gym.benchmark --task kitchen_complete_abs --seeds 100000:100050 --n-envs 10 \
+    --policy bc_chunked_abs=runs/kitchen_abs_bc/checkpoints/latest --videos 0 --latency-repeats 3 \
+    --num-threads "$THREADS" --out-dir "$OUT/s14_bc_chunked_abs"
+# Diffusion on the position targets with observation-noise augmentation (obs_noise_std 0.1, training
+# only), the 6000-step x0 recipe, scored at Ta = 8.
+python -m dp_gym.train --task kitchen_complete_abs --policy diffusion --model-size small \
+    --policy-overrides '{"prediction_type": "sample", "obs_noise_std": 0.1}' --steps 6000 --batch-size 64 \
+    --val-ratio 0 --checkpoint-every 1000 --keep-every 2000 --log-every 100 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_abs_dp_small_x0_obsnoise0.1 --resume
+s14_abs_eval dp_x0_abs_obsnoise0.1_ta8 runs/kitchen_abs_dp_small_x0_obsnoise0.1/checkpoints/latest 8 1
