@@ -191,3 +191,13 @@ python -m dp_gym.train --task kitchen_complete_abs --policy diffusion --model-si
     --val-ratio 0 --checkpoint-every 1000 --keep-every 2000 --log-every 100 \
     --num-threads "$THREADS" --out-dir runs/kitchen_abs_dp_small_x0_obsnoise0.1 --resume
 s14_abs_eval dp_x0_abs_obsnoise0.1_ta8 runs/kitchen_abs_dp_small_x0_obsnoise0.1/checkpoints/latest 8 1
+# ... also on seeds 100050-100099, and a second training of it with --seed 1, scored on 100000-100049.
+python -m dp_gym.benchmark --task kitchen_complete_abs --seeds 100050:100100 --n-envs 10 \
+    --policy dp_x0_abs_obsnoise0.1_ta8=runs/kitchen_abs_dp_small_x0_obsnoise0.1/checkpoints/latest \
+    --sampler ddim --num-inference-steps 10 --videos 0 --latency-repeats 3 \
+    --num-threads "$THREADS" --out-dir "$OUT/s14_dp_x0_abs_obsnoise0.1_ta8_seeds100050-100099"
+python -m dp_gym.train --task kitchen_complete_abs --policy diffusion --model-size small \
+    --policy-overrides '{"prediction_type": "sample", "obs_noise_std": 0.1}' --steps 6000 --batch-size 64 \
+    --val-ratio 0 --checkpoint-every 1000 --keep-every 2000 --log-every 100 --seed 1 \
+    --num-threads "$THREADS" --out-dir runs/kitchen_abs_dp_small_x0_obsnoise0.1_seed1 --resume
+s14_abs_eval dp_x0_abs_obsnoise0.1_seed1_ta8 runs/kitchen_abs_dp_small_x0_obsnoise0.1_seed1/checkpoints/latest 8 1
