@@ -6,7 +6,7 @@ A dataset reader returns an :class:`EpisodeData` whose arrays hold the policy's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -177,17 +177,6 @@ TASKS: dict[str, Task] = {
         count_max=4,
         description="Franka Kitchen (D4RL kitchen-complete-v0, 19 demos): microwave, kettle, light switch, slide cabinet",
     ),
-    "kitchen_complete_abs": Task(
-        name="kitchen_complete_abs",
-        env_id="dp_gym/FrankaKitchen-v0",
-        env_kwargs={"action_mode": "absolute"},
-        load_dataset=_kitchen_complete_abs,
-        obs_keys=("obs",),
-        max_episode_steps=280,
-        count_info_key="n_completed",
-        count_max=4,
-        description="kitchen_complete with joint position targets as actions (the demos' velocities converted exactly)",
-    ),
     "toy_bimodal": Task(
         name="toy_bimodal",
         env_id="",  # dataset-only task: scored by benchmarks/toy_multimodal.py, not by rollouts
@@ -200,6 +189,12 @@ TASKS: dict[str, Task] = {
 }
 
 
+# The same kitchen task with joint position targets as actions (see dp_gym.envs.kitchen).
+TASKS["kitchen_complete_abs"] = replace(
+    TASKS["kitchen_complete"], name="kitchen_complete_abs", env_kwargs={"action_mode": "absolute"},
+    load_dataset=_kitchen_complete_abs,
+    description="kitchen_complete with joint position targets as actions (the demos' velocities converted exactly)",
+)
 TASKS.update(_robosuite_tasks())
 
 
