@@ -33,13 +33,13 @@ import numpy as np
 
 from dp_gym.data.d4rl import read_d4rl_hdf5
 from dp_gym.envs.kitchen import (
-    KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, N_ROBOT_QPOS, FrankaKitchenD4RLEnv, task_completions, velocity_to_position_targets,
+    KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, N_ROBOT_QPOS, STEP_DT, FrankaKitchenD4RLEnv, task_completions,
+    velocity_to_position_targets,
 )
 from dp_gym.paths import dataset_path
 
 # name -> (env kwargs, use the recorded observations as the controller's reference)
 NO_NOISE = dict(robot_noise_ratio=0.0, object_noise_ratio=0.0)
-RECORDED_DT = 0.08  # D4RL kitchen: 40 substeps of 2 ms
 VARIANTS: dict[str, tuple[dict[str, float], bool]] = {
     "nonoise": (NO_NOISE, False),
     "d4rl_noise": ({}, False),
@@ -80,7 +80,7 @@ def one_step_error(env: FrankaKitchenD4RLEnv, obs: np.ndarray, actions: np.ndarr
     """Per-step |sim - recorded| of the robot qpos after one step from the recorded frame (every
     ``stride``-th frame), with the recorded qpos as the controller's reference."""
     errs = []
-    dt = RECORDED_DT
+    dt = STEP_DT  # D4RL kitchen: 40 substeps of 2 ms
     for t in range(1, len(obs) - 1, stride):
         qvel = np.zeros(N_QVEL)
         qvel[:N_ROBOT_QPOS] = (obs[t, :N_ROBOT_QPOS] - obs[t - 1, :N_ROBOT_QPOS]) / dt

@@ -2,10 +2,11 @@
 diagnostic, not a score: where in the 280 steps the policy stops making progress).
 
     MUJOCO_GL=egl python benchmarks/tools/kitchen_task_times.py CHECKPOINT SEED [SEED ...] \
-        [--n-action-steps N] [--noise-scale S] [--out times.json]
+        [--task kitchen_complete|kitchen_complete_abs] [--n-action-steps N] [--noise-scale S] [--out times.json]
 
 Seeds are replayed as ``python -m dp_gym.benchmark`` runs them (DDIM-10, sampler noise keyed by
-the seed, ``deterministic=True``).
+the seed, ``deterministic=True``). ``--task`` must be the task the checkpoint was trained on: both
+kitchen tasks have 9-d actions (velocities / joint position targets), so it cannot be inferred.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("seeds", type=int, nargs="+")
+    p.add_argument("--task", default="kitchen_complete", choices=["kitchen_complete", "kitchen_complete_abs"])
     p.add_argument("--n-action-steps", type=int, default=None)
     p.add_argument("--noise-scale", type=float, default=1.0)
     p.add_argument("--out", default=None)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
         policy.config = with_action_horizon(policy, a.n_action_steps)
     agent = DiffusionAgent(policy)
     agent.sample_kwargs.update(sampler="ddim", num_inference_steps=10, noise_scale=a.noise_scale)
-    env = get_task("kitchen_complete").make_env()
+    env = get_task(a.task).make_env()
     rows = []
     for seed in a.seeds:
         obs, _ = env.reset(seed=seed)
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     env.close()
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"checkpoint": a.checkpoint, "n_action_steps": a.n_action_steps, "noise_scale": a.noise_scale,
+            json.dump({"task": a.task, "checkpoint": a.checkpoint, "n_action_steps": a.n_action_steps, "noise_scale": a.noise_scale,
                        "episodes": rows}, f, indent=1)
 
 

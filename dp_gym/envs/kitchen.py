@@ -70,7 +70,7 @@ from gymnasium_robotics.envs.franka_kitchen.utils import get_config_root_node, r
 
 __all__ = ["FrankaKitchenD4RLEnv", "KITCHEN_COMPLETE_TASKS", "ALL_TASKS", "goal_vector", "task_completions",
            "OBS_DIM", "N_ROBOT_QPOS", "N_OBJECT_QPOS", "ACTION_MODES", "velocity_to_position_targets",
-           "position_targets_to_velocity"]
+           "position_targets_to_velocity", "STEP_DT"]
 
 N_ROBOT_QPOS = 9
 N_OBJECT_QPOS = 21
