@@ -71,8 +71,23 @@ class DiffusionAgent:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "DiffusionAgent":
+        """Load a checkpoint folder written by :meth:`save` or the trainer, or a ``zoo:`` entry."""
         policy, _ = load_policy(path, device)
         return cls(policy, device=device, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "DiffusionAgent":
+        """An agent for a shipped policy, ``"zoo:<task>/<policy>"`` (``python -m dp_gym.zoo list``
+        lists them), or for a checkpoint folder; the same as :meth:`load`.
+
+        Example::
+
+            agent = DiffusionAgent.from_pretrained("zoo:pusht_keypoints/diffusion")
+            env = gymnasium.make("dp_gym/PushT-v0", obs_type="keypoints")
+            obs, _ = env.reset(seed=100000)
+            action, _ = agent.predict(obs, episode_start=np.array([True]), deterministic=True)
+        """
+        return cls.load(name_or_path, device=device, **kwargs)
 
     def accelerate(self, mode: str = "cuda_graph", autocast: str = "no"):
         """Run the diffusion policy's denoising loop compiled (``"compile"``), captured as one

@@ -398,11 +398,12 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pusht_keypoints")
     p.add_argument("--policy", dest="policies", action="append", default=[], help="NAME=CHECKPOINT_DIR (repeatable)")
-    p.add_argument("--seeds", default="100000:100050", help="start:stop or a comma list (default: the paper's test seeds)")
+    p.add_argument("--seeds", default=None, help="start:stop or a comma list (default: the paper's test seeds 100000:100050; "
+                   "with --suite, the suite's seeds)")
     p.add_argument("--n-envs", type=int, default=10)
     p.add_argument("--vector", default="sync", choices=["sync", "async"])
     p.add_argument("--device", default="cpu")
@@ -418,17 +419,37 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stochastic", action="store_true", help="non-reproducible sampling noise")
     p.add_argument("--videos", type=int, default=3)
     p.add_argument("--latency-repeats", type=int, default=20)
-    p.add_argument("--out-dir", default="benchmarks/results/latest")
+    p.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results/latest; with --suite, "
+                   "benchmarks/results/suite_NAME)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--num-threads", type=int, default=0)
-    a = p.parse_args(argv)
-    cfg = BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
+    p.add_argument("--suite", default=None,
+                   help="evaluate every entry of a suite (benchmarks/suites/NAME.json, e.g. 'zoo') instead of --task/--policy")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> BenchmarkConfig:
+    return BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds or BenchmarkConfig.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
                           sampler=a.sampler, num_inference_steps=a.num_inference_steps,
                           n_action_steps=a.n_action_steps, noise_scale=a.noise_scale, accelerate=a.accelerate,
                           autocast=a.autocast, deterministic=not a.stochastic,
-                          videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir, data_dir=a.data_dir,
+                          videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir or BenchmarkConfig.out_dir, data_dir=a.data_dir,
                           num_threads=a.num_threads)
-    run(cfg, command=command_line("dp_gym.benchmark", argv))
+
+
+def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
+    """The :class:`BenchmarkConfig` of a command line (``--suite`` is not a config field)."""
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
+    if a.suite:
+        from dp_gym.suite import load_suite, run_suite
+
+        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv))
+        return
+    run(config_from_args(a), command=command_line("dp_gym.benchmark", argv))
 
 
 if __name__ == "__main__":

@@ -68,10 +68,13 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[s
 def save_policy(policy: torch.nn.Module, directory: str | Path, extra: dict[str, Any] | None = None, state_dict: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` for ``policy`` into ``directory``."""
     directory = Path(directory)
+    import dp_gym
+
     meta = {
         "format_version": FORMAT_VERSION,
         "policy_type": policy.policy_type,
         "policy_config": policy.config.to_dict(),
+        "versions": {"dp_gym": dp_gym.__version__, "torch": torch.__version__},
         **(extra or {}),
     }
     sd = state_dict if state_dict is not None else policy.state_dict()
@@ -81,10 +84,13 @@ def save_policy(policy: torch.nn.Module, directory: str | Path, extra: dict[str,
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a policy from a checkpoint directory (or its model.safetensors)."""
+    """Rebuild a policy from a checkpoint directory (or its model.safetensors), or from a model-zoo
+    entry named ``zoo:<task>/<policy>`` (see :mod:`dp_gym.zoo`). Weights stored in half precision
+    load into the policy's float32 parameters."""
     from dp_gym.policies import make_policy
+    from dp_gym.zoo import resolve
 
-    directory = Path(directory)
+    directory = resolve(directory)
     file = directory if directory.suffix == ".safetensors" else directory / "model.safetensors"
     tensors, meta = load_tensors(file, device)
     if meta.get("format_version") != FORMAT_VERSION:

@@ -1,0 +1,210 @@
+"""Train, select, score and ship model-zoo entries under dp_gym's evaluation protocol.
+
+The protocol (README, "Evaluation protocol"):
+
+* selection seeds 200000–200049: the only seeds any choice looks at (here: which training seed is
+  the median one, the one shipped);
+* held-out seeds 300000–300099: evaluated once per final checkpoint, for the reported numbers;
+* the paper's test seeds 100000–100049, for comparability (they were also used while the recipes
+  were developed, so they are not held out).
+
+Every entry is trained with several training seeds from one fixed recipe (below). ``ship`` scores
+each seed's final checkpoint on the selection seeds, ships the median one (not the best) as float16
+weights, and scores every seed on the held-out seeds for the mean and range across training seeds.
+The shipped entries themselves are then scored by the zoo suite
+(``python -m dp_gym.benchmark --suite zoo``), whose results ``record`` copies into the cards.
+
+    python benchmarks/zoo_protocol.py train kitchen_complete_abs/diffusion --seed 0   # one training
+    python benchmarks/zoo_protocol.py ship kitchen_complete_abs/diffusion              # select, score, export
+    python -m dp_gym.benchmark --suite zoo --out-dir benchmarks/results/zoo/held_out
+    python -m dp_gym.benchmark --suite zoo --seeds 100000:100050 --out-dir benchmarks/results/zoo/paper_seeds
+    python benchmarks/zoo_protocol.py record benchmarks/results/zoo/held_out/results.json held_out
+    python benchmarks/zoo_protocol.py record benchmarks/results/zoo/paper_seeds/results.json paper_seeds
+
+Runs go to ``runs/zoo/<task>/<policy>/seed<N>``; per-seed scores to
+``benchmarks/results/zoo/<task>/<policy>/seed<N>/{selection,held_out}/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import dp_gym
+import torch
+from dp_gym.checkpoint import atomic_write_json
+from dp_gym.paths import dataset_path
+from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR
+from dp_gym.zoo import ZooEntry, export, get_entry, write_card
+
+SELECTION_SEEDS = "200000:200050"
+HELD_OUT_SEEDS = "300000:300100"
+PAPER_SEEDS = "100000:100050"
+MACHINE = "a 2-core x86-64 CPU (AVX-512), 1 torch thread, two trainings sharing the machine"
+DDIM10 = ["--sampler", "ddim", "--num-inference-steps", "10"]
+X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
+IBC_SINGLE = '{"n_counter_examples": 128, "chunked": false}'
+
+# One fixed recipe per entry: the training flags (without --seed / --out-dir), the training seeds,
+# the benchmark arguments the entry is scored with, and the dataset it reads.
+RECIPES: dict[str, dict] = {
+    "pusht_keypoints/diffusion": dict(
+        train="--task pusht_keypoints --policy diffusion --model-size small --steps 16000 --batch-size 64 --lr 1e-4 "
+              "--warmup-steps 500 --checkpoint-every 1000 --keep-every 4000 --val-every 2000 --log-every 200 --num-threads 1",
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=PUSHT_ZARR,
+        summary="Diffusion Policy (UNet small, 4.56 M parameters, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 9 block "
+                "keypoints + agent position; DDIM-10 sampling."),
+    "pusht_keypoints/bc": dict(
+        train="--task pusht_keypoints --policy bc --model-size medium --steps 20000 --batch-size 64 --lr 1e-4 "
+              "--warmup-steps 500 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1",
+        seeds=[0, 1, 2], benchmark_args=[], data=PUSHT_ZARR,
+        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 actions from To=2 observations (MSE)."),
+    "pusht_keypoints/ibc": dict(
+        train="--task pusht_keypoints --policy ibc --model-size small --n-action-steps 1 --policy-overrides "
+              f"'{IBC_SINGLE}' --steps 6000 --batch-size 64 --lr 1e-4 --warmup-steps 500 --checkpoint-every 2000 "
+              "--val-every 2000 --log-every 500 --num-threads 1",
+        seeds=[0], benchmark_args=[], data=PUSHT_ZARR,
+        summary="Implicit BC: energy MLP (2 × 256) trained with InfoNCE against 128 uniform counter-examples, "
+                "single-step actions, derivative-free optimisation at inference."),
+    "kitchen_complete_abs/diffusion": dict(
+        train="--task kitchen_complete_abs --policy diffusion --model-size small --policy-overrides "
+              f"'{X0_OBSNOISE}' --steps 6000 --batch-size 64 --val-ratio 0 --checkpoint-every 1000 --log-every 100 --num-threads 1",
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=KITCHEN_COMPLETE_HDF5,
+        summary="Diffusion Policy (UNet small, x₀-prediction, observation-noise augmentation σ=0.1, To=2 Ta=8 Tp=16) "
+                "on D4RL kitchen-complete (19 demos) with joint position targets as actions; DDIM-10 sampling."),
+    "kitchen_complete_abs/bc": dict(
+        train="--task kitchen_complete_abs --policy bc --model-size medium --steps 20000 --batch-size 64 --val-ratio 0 "
+              "--checkpoint-every 5000 --log-every 500 --num-threads 1",
+        seeds=[0, 1, 2], benchmark_args=[], data=KITCHEN_COMPLETE_HDF5,
+        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 joint position targets."),
+    "kitchen_complete_abs/ibc": dict(
+        train="--task kitchen_complete_abs --policy ibc --model-size small --n-action-steps 1 --policy-overrides "
+              f"'{IBC_SINGLE}' --steps 6000 --batch-size 64 --val-ratio 0 --checkpoint-every 2000 --log-every 500 --num-threads 1",
+        seeds=[0], benchmark_args=[], data=KITCHEN_COMPLETE_HDF5,
+        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step joint position targets."),
+}
+
+
+def run_dir(name: str, seed: int) -> Path:
+    return Path("runs/zoo") / name / f"seed{seed}"
+
+
+def train_command(name: str, seed: int) -> str:
+    return f"python -m dp_gym.train {RECIPES[name]['train']} --seed {seed} --out-dir {run_dir(name, seed)} --resume"
+
+
+def score_dir(name: str, seed: int, split: str) -> Path:
+    return Path("benchmarks/results/zoo") / name / f"seed{seed}" / split
+
+
+def evaluate(name: str, seed: int, split: str, seeds: str) -> dict:
+    """Score one training seed's final checkpoint once; a finished score is read back, not re-run."""
+    out = score_dir(name, seed, split)
+    if not (out / "results.json").is_file():
+        task, policy = name.split("/")
+        cmd = [sys.executable, "-m", "dp_gym.benchmark", "--task", task, "--policy", f"{policy}_seed{seed}={run_dir(name, seed)}/checkpoints/latest",
+               *RECIPES[name]["benchmark_args"], "--seeds", seeds, "--n-envs", "10", "--videos", "0", "--latency-repeats", "3",
+               "--num-threads", "1", "--out-dir", str(out)]
+        subprocess.run(cmd, check=True)
+    return next(iter(json.loads((out / "results.json").read_text())["results"].values()))
+
+
+def score(r: dict) -> tuple[float, float]:
+    """What ranks checkpoints: success rate, then the task's score (p_K for kitchen)."""
+    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    return (r["success_rate"], r[pk[-1]] if pk else r["mean_max_reward"])
+
+
+def data_digest(rel: str, data_dir: str | None) -> str:
+    """SHA-256 of a dataset file, or of a directory store's sorted '<sha256>  <path>' lines."""
+    path = dataset_path(rel, data_dir)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    lines = sorted(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.relative_to(path).as_posix()}" for f in path.rglob("*") if f.is_file())
+    return hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest()
+
+
+def wall_minutes(name: str, seed: int) -> float:
+    rows = [json.loads(line) for line in (run_dir(name, seed) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return round(max(r.get("wall_s", 0.0) for r in rows) / 60, 1)
+
+
+def ship(name: str, data_dir: str | None) -> ZooEntry:
+    recipe = RECIPES[name]
+    task, policy = name.split("/")
+    steps = int(shlex.split(recipe["train"])[shlex.split(recipe["train"]).index("--steps") + 1])
+    done = [s for s in recipe["seeds"] if json.loads((run_dir(name, s) / "checkpoints/latest/config.json").read_text()).get("train_step") == steps]
+    if done != recipe["seeds"]:
+        raise SystemExit(f"{name}: training seeds {sorted(set(recipe['seeds']) - set(done))} have not finished {steps} steps")
+    selection = {s: evaluate(name, s, "selection", SELECTION_SEEDS) for s in done}
+    ranked = sorted(done, key=lambda s: score(selection[s]))
+    shipped = ranked[(len(ranked) - 1) // 2]  # the median (the lower middle of an even count)
+    held_out = {s: evaluate(name, s, "held_out", HELD_OUT_SEEDS) for s in done}
+    metric = "success rate"
+    per_seed = {str(s): held_out[s]["success_rate"] for s in done}
+    vals = list(per_seed.values())
+    sel_txt = ", ".join(f"seed {s}: {selection[s]['success_rate']:.2f}" for s in done)
+    sample = {"sampler": "ddim", "num_inference_steps": 10} if "--sampler" in recipe["benchmark_args"] else None
+    card = {
+        "summary": recipe["summary"],
+        "benchmark_args": recipe["benchmark_args"],
+        "data": {"file": recipe["data"], "sha256": data_digest(recipe["data"], data_dir),
+                 "description": "the real demonstrations (see the README's Data section)"},
+        "training": {"command": train_command(name, shipped), "seeds": done, "steps": steps, "machine": MACHINE,
+                     "wall_minutes": {str(s): wall_minutes(name, s) for s in done}, "shipped_seed": shipped,
+                     "shipped_because": f"median of the training seeds on the selection seeds {SELECTION_SEEDS} "
+                                        f"(success {sel_txt})"},
+        "protocol": {"selection_seeds": SELECTION_SEEDS, "held_out_seeds": HELD_OUT_SEEDS, "paper_seeds": PAPER_SEEDS},
+        "training_seed_spread": {"seeds": HELD_OUT_SEEDS, "metric": metric, "per_seed": per_seed,
+                                 "mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals),
+                                 "per_seed_results": {str(s): {k: v for k, v in held_out[s].items() if k in
+                                                               ("mean_max_reward", "success_rate", "success_ci95", "p1", "p2", "p3", "p4")}
+                                                      for s in done}},
+        "results": [],
+        "versions": {"dp_gym": dp_gym.__version__, "torch": torch.__version__},
+    }
+    entry = export(run_dir(name, shipped) / "checkpoints/latest", task, policy, sample_overrides=sample, card=card, data_dir=data_dir)
+    print(f"shipped {name} (training seed {shipped}) to {entry.path}")
+    return entry
+
+
+def record(results_json: str, split: str) -> None:
+    """Copy a zoo-suite result (float16 entries as shipped) into each entry's card."""
+    rec = json.loads(Path(results_json).read_text())
+    for task, row in rec["results"].items():
+        for policy, r in row.items():
+            entry = get_entry(f"{task}/{policy}")
+            card = entry.card
+            card["results"] = [x for x in card.get("results", []) if x.get("split") != split]
+            card["results"].append({"split": split, "seeds": rec["seeds"], "source": results_json, **r})
+            write_card(entry, card)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="run one training seed of an entry's recipe")
+    t.add_argument("entry", choices=sorted(RECIPES))
+    t.add_argument("--seed", type=int, required=True)
+    s = sub.add_parser("ship", help="score every training seed, ship the median one")
+    s.add_argument("entry", choices=sorted(RECIPES))
+    s.add_argument("--data-dir", default=None)
+    r = sub.add_parser("record", help="copy a zoo-suite results.json into the cards")
+    r.add_argument("results_json")
+    r.add_argument("split", choices=["held_out", "paper_seeds"])
+    a = p.parse_args()
+    if a.cmd == "train":
+        subprocess.run(shlex.split(train_command(a.entry, a.seed)), check=True)
+    elif a.cmd == "ship":
+        ship(a.entry, a.data_dir)
+    else:
+        record(a.results_json, a.split)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Benchmark suites: many (task, policy) entries evaluated by one command into one table.
+
+A suite is a JSON file in ``benchmarks/suites/<name>.json`` (or any path)::
+
+    {"name": "zoo",
+     "description": "every shipped policy",
+     "seeds": "100000:100050",
+     "n_envs": 10,
+     "entries": ["pusht_keypoints/diffusion", "pusht_keypoints/bc"],   # omitted: every zoo entry
+     "paper": {"pusht_keypoints": {"metric": "mean_max_reward", "value": 0.91, "source": "..."}}}
+
+``python -m dp_gym.benchmark --suite zoo [--seeds a:b] [--out-dir D]`` evaluates each entry with the
+benchmark arguments its model card declares (``card.json`` ``benchmark_args``) into
+``D/<task>/<policy>/`` and writes ``D/results.json``, ``D/results.md`` and ``D/scores.png``
+(tasks × policies, 95% intervals). ``python -m dp_gym.suite render-readme D/results.json README.md``
+puts the table between the README's ``<!-- results:begin -->`` / ``<!-- results:end -->`` markers, so
+the README cannot drift from the measured JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+POLICY_ORDER = ("diffusion", "bc", "ibc")
+
+
+def load_suite(name_or_path: str) -> dict[str, Any]:
+    """A suite by name (``benchmarks/suites/<name>.json``) or by path to its JSON file."""
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = SUITES_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.json")) if SUITES_DIR.is_dir() else []
+        raise FileNotFoundError(f"no suite {name_or_path!r} (looked for {path}); known suites: {', '.join(known) or 'none'}")
+    suite = json.loads(path.read_text())
+    suite.setdefault("name", path.stem)
+    return suite
+
+
+def suite_entries(suite: dict[str, Any]) -> list[Any]:
+    """The suite's zoo entries, in its order (every zoo entry when it names none)."""
+    from dp_gym.zoo import get_entry, list_entries
+
+    if "entries" in suite:
+        return [get_entry(name) for name in suite["entries"]]
+    return list_entries()
+
+
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    """What the suite table keeps of one benchmark result (no per-episode lists)."""
+    keep = ("episodes", "mean_max_reward", "max_reward_std", "success_rate", "success_ci95", "mean_episode_length",
+            "predict_latency_ms_median", "sampler", "num_inference_steps", "n_action_steps", "mean_completed")
+    return {k: res[k] for k in res if k in keep or (k[:1] == "p" and k[1:].isdigit())}
+
+
+def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Path | None = None,
+              n_envs: int | None = None, num_threads: int = 0, command: str = "") -> dict[str, Any]:
+    """Evaluate every entry of ``suite`` and write the suite's results, table and plot."""
+    from tqdm import tqdm
+
+    from dp_gym import benchmark
+
+    seeds = seeds or suite.get("seeds", "100000:100050")
+    out = Path(out_dir or f"benchmarks/results/suite_{suite['name']}")
+    entries = suite_entries(suite)
+    if not entries:
+        raise ValueError(f"suite {suite['name']!r} has no entries (is the zoo empty?)")
+    table: dict[str, dict[str, Any]] = {}
+    for entry in tqdm(entries, desc=f"suite {suite['name']}", unit="entry"):
+        argv = ["--task", entry.task, "--policy", f"{entry.policy}=zoo:{entry.name}", *entry.card.get("benchmark_args", []),
+                "--seeds", seeds, "--n-envs", str(n_envs or suite.get("n_envs", 10)), "--videos", "0",
+                "--out-dir", str(out / entry.task / entry.policy)]
+        if num_threads:
+            argv += ["--num-threads", str(num_threads)]
+        cfg = benchmark.parse_args(argv)
+        res = benchmark.run(cfg, command=benchmark.command_line("dp_gym.benchmark", argv))[entry.policy]
+        table.setdefault(entry.task, {})[entry.policy] = summary(res)
+    record = {"suite": suite["name"], "seeds": seeds, "command": command, "paper": suite.get("paper", {}), "results": table}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", record)
+    atomic_write_bytes(out / "results.md", (f"# Suite {suite['name']}, seeds {seeds}\n\n{markdown(record)}\n").encode())
+    plot(record, out / "scores.png")
+    print(markdown(record))
+    return record
+
+
+def _cell(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return "–"
+    lo, hi = r["success_ci95"]
+    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    score = f"p{pk[-1][1:]} {r[pk[-1]]:.2f}" if pk else f"{r['mean_max_reward']:.3f}"
+    return f"{score} · {r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """Tasks × policies: score (mean max reward, or p_K for count tasks) · success [95% Wilson]."""
+    policies = [p for p in POLICY_ORDER if any(p in row for row in record["results"].values())]
+    policies += sorted({p for row in record["results"].values() for p in row} - set(policies))
+    lines = [f"| task | {' | '.join(policies)} | paper (diffusion) |", "|---|" + "---|" * (len(policies) + 1)]
+    for task, row in record["results"].items():
+        paper = record.get("paper", {}).get(task)
+        lines.append(f"| {task} | " + " | ".join(_cell(row.get(p)) for p in policies) + f" | {paper['text'] if paper else '–'} |")
+    lines += ["", f"Seeds {record['seeds']}, one episode each. Cells: score (Push-T / robosuite: mean max reward; kitchen: "
+                  "fraction of episodes completing all 4 tasks) · success rate [95% Wilson interval]."]
+    return "\n".join(lines)
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    """Success rate per task, one bar per policy, with 95% Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(record["results"])
+    policies = [p for p in POLICY_ORDER if any(p in record["results"][t] for t in tasks)]
+    fig, ax = plt.subplots(figsize=(2 + 1.8 * len(tasks), 3.6))
+    width = 0.8 / max(1, len(policies))
+    for j, pol in enumerate(policies):
+        xs, ys, err = [], [], []
+        for i, t in enumerate(tasks):
+            r = record["results"][t].get(pol)
+            if r is None:
+                continue
+            xs.append(i + j * width)
+            ys.append(r["success_rate"])
+            err.append([r["success_rate"] - r["success_ci95"][0], r["success_ci95"][1] - r["success_rate"]])
+        ax.bar(xs, ys, width, yerr=np.clip(np.array(err).T, 0, None) if err else None, capsize=3, label=pol)
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=15, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("success rate (95% Wilson)")
+    ax.set_title(f"suite {record['suite']}, seeds {record['seeds']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def render_readme(results_json: str | Path, readme: str | Path) -> None:
+    """Replace the README's table between the results markers with the one from ``results_json``."""
+    record = json.loads(Path(results_json).read_text())
+    text = Path(readme).read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_BEGIN} ... {README_END} markers to put the table between")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    note = f"<!-- rendered by: python -m dp_gym.suite render-readme {results_json} {readme} -->"
+    atomic_write_bytes(Path(readme), f"{head}{README_BEGIN}\n{note}\n\n{markdown(record)}\n\n{README_END}{tail}".encode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m dp_gym.suite", description="Render suite results (run suites with python -m dp_gym.benchmark --suite NAME).")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render-readme", help="put a suite's results table into the README")
+    r.add_argument("results_json", help="results.json written by python -m dp_gym.benchmark --suite")
+    r.add_argument("readme", nargs="?", default="README.md", help="the Markdown file with the results markers")
+    args = p.parse_args(argv)
+    try:
+        render_readme(args.results_json, args.readme)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

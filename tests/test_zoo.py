@@ -1,0 +1,158 @@
+"""Model zoo: shipped entries load by name and give their golden actions; cards are complete and
+their training commands parse; export, the suite command and the README table work end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+
+import pytest
+import torch
+
+from dp_gym import DiffusionAgent
+from dp_gym.checkpoint import load_policy, load_tensors
+from dp_gym.policies import make_policy
+from dp_gym.tasks import TASKS, get_task
+from dp_gym.zoo import (GOLDEN_FILE, GOLDEN_TOLERANCE, ZooEntryNotFoundError, check_golden, export, get_entry, list_entries,
+                        zoo_root)
+
+SHIPPED = list_entries(zoo_root())
+REQUIRED_CARD_KEYS = {"task", "policy", "benchmark_args", "training", "results", "data", "training_seed_spread", "versions"}
+
+
+def test_the_zoo_ships_entries_for_the_comparison_tasks():
+    names = {e.name for e in SHIPPED}
+    assert {"pusht_keypoints/diffusion", "kitchen_complete_abs/diffusion"} <= names, names
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
+def test_shipped_entry_gives_its_golden_actions(entry):
+    assert check_golden(entry) <= GOLDEN_TOLERANCE
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
+def test_shipped_entry_loads_by_name_in_float32_with_half_precision_weights(entry):
+    agent = DiffusionAgent.from_pretrained(f"zoo:{entry.name}")
+    assert all(p.dtype == torch.float32 for p in agent.policy.parameters())
+    stored, meta = load_tensors(entry.path / "model.safetensors")
+    weights = [v for k, v in stored.items() if "normalizer" not in k and v.is_floating_point()]
+    assert weights and all(v.dtype == torch.float16 for v in weights)
+    assert meta["versions"]["torch"] and meta["versions"]["dp_gym"]
+    assert meta["task"] == entry.task and entry.task in TASKS
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
+def test_shipped_card_is_complete_and_its_commands_parse(entry):
+    from dp_gym.benchmark import parse_args as parse_benchmark
+    from dp_gym.train import parse_args as parse_train
+
+    card = entry.card
+    assert REQUIRED_CARD_KEYS <= set(card), REQUIRED_CARD_KEYS - set(card)
+    assert (card["task"], card["policy"]) == (entry.task, entry.policy)
+    argv = shlex.split(card["training"]["command"])
+    assert argv[:3] == ["python", "-m", "dp_gym.train"]
+    cfg = parse_train(argv[3:])
+    assert cfg.task == entry.task and cfg.seed == card["training"]["shipped_seed"] and cfg.steps == card["training"]["steps"]
+    assert card["training"]["shipped_seed"] in card["training"]["seeds"]
+    bench = parse_benchmark(["--task", entry.task, "--policy", f"x=zoo:{entry.name}", *card["benchmark_args"]])
+    assert bench.task == entry.task
+    for r in card["results"]:
+        lo, hi = r["success_ci95"]
+        assert 0 <= lo <= r["success_rate"] <= hi <= 1 and r["episodes"] > 0
+    assert (entry.path / "README.md").read_text().startswith(f"# {entry.task} / {entry.policy}")
+
+
+def tiny_bc():
+    policy = make_policy("bc", dict(obs_shapes={"obs": [20]}, action_dim=2, horizon=9, n_obs_steps=2, n_action_steps=8, hidden_dims=[16]))
+    policy.fit_normalizers({"obs": torch.rand(64, 20) * 512, "action": torch.rand(64, 2) * 512})
+    return policy.eval()
+
+
+def tiny_diffusion():
+    policy = make_policy("diffusion", dict(obs_shapes={"obs": [20]}, action_dim=2, down_dims=[16, 32], diffusion_step_embed_dim=16))
+    policy.fit_normalizers({"obs": torch.rand(64, 20) * 512, "action": torch.rand(64, 2) * 512})
+    return policy.eval()
+
+
+@pytest.fixture()
+def tmp_zoo(tmp_path, monkeypatch, data_dir):
+    """A zoo in tmp_path with a tiny diffusion entry (DDIM-3) and a tiny BC entry for pusht_keypoints."""
+    monkeypatch.setenv("DP_GYM_ZOO_DIR", str(tmp_path / "zoo"))
+    for name, policy, sample in (("diffusion", tiny_diffusion(), {"sampler": "ddim", "num_inference_steps": 3}), ("bc", tiny_bc(), None)):
+        DiffusionAgent(policy).save(tmp_path / name)
+        card = {"benchmark_args": ["--sampler", "ddim", "--num-inference-steps", "3"] if sample else []}
+        export(tmp_path / name, "pusht_keypoints", name, sample_overrides=sample, card=card, data_dir=str(data_dir))
+    return tmp_path / "zoo"
+
+
+def test_export_stores_half_precision_and_loads_close_to_float32(tmp_path, tmp_zoo):
+    entry = get_entry("zoo:pusht_keypoints/diffusion")
+    policy, meta = load_policy("zoo:pusht_keypoints/diffusion")
+    assert policy.config.sampler == "ddim" and policy.config.num_inference_steps == 3  # sample overrides applied
+    full, _ = load_policy(tmp_path / "diffusion")
+    for (k, a), b in zip(policy.state_dict().items(), full.state_dict().values()):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=2e-3 * max(1.0, float(b.abs().max())), rtol=1e-3, msg=k)
+    assert check_golden(entry) == 0.0
+
+
+def test_golden_check_catches_a_changed_policy(tmp_zoo):
+    entry = get_entry("pusht_keypoints/bc")
+    tensors, meta = load_tensors(entry.path / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("weight"))
+    tensors[key] = tensors[key] + 0.05
+    from dp_gym.checkpoint import atomic_save_tensors
+
+    atomic_save_tensors(entry.path / "model.safetensors", tensors, meta)
+    with pytest.raises(AssertionError, match="moved"):
+        check_golden(entry)
+
+
+def test_unknown_or_malformed_zoo_names_are_refused(tmp_zoo):
+    with pytest.raises(ZooEntryNotFoundError, match="available: pusht_keypoints/bc, pusht_keypoints/diffusion"):
+        DiffusionAgent.from_pretrained("zoo:pusht_keypoints/ibc")
+    with pytest.raises(ValueError, match="zoo:<task>/<policy>"):
+        get_entry("zoo:pusht_keypoints")
+
+
+def test_zoo_list_command(tmp_zoo, capsys):
+    from dp_gym.zoo import main
+
+    main(["list"])
+    out = capsys.readouterr().out
+    assert "zoo:pusht_keypoints/diffusion" in out and "zoo:pusht_keypoints/bc" in out
+
+
+def test_suite_command_evaluates_every_entry_and_renders_the_readme_table(tmp_path, tmp_zoo, monkeypatch):
+    from dp_gym import benchmark
+    from dp_gym.suite import README_BEGIN, README_END, render_readme
+
+    task = get_task("pusht_keypoints")
+    monkeypatch.setitem(TASKS, "pusht_keypoints", dataclasses.replace(task, env_kwargs={**task.env_kwargs, "max_episode_steps": 12}))
+    suite = tmp_path / "mini.json"
+    suite.write_text(json.dumps({"name": "mini", "seeds": "100000:100003",
+                                 "paper": {"pusht_keypoints": {"text": "0.91"}}}))
+    benchmark.main(["--suite", str(suite), "--n-envs", "3", "--out-dir", str(tmp_path / "out")])
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(record["results"]["pusht_keypoints"]) == {"diffusion", "bc"}
+    r = record["results"]["pusht_keypoints"]["diffusion"]
+    assert r["episodes"] == 3 and r["sampler"] == "ddim" and r["num_inference_steps"] == 3
+    assert (tmp_path / "out" / "scores.png").stat().st_size > 1000
+    assert "| pusht_keypoints |" in (tmp_path / "out" / "results.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_BEGIN}\nstale table\n{README_END}\noutro\n")
+    render_readme(tmp_path / "out" / "results.json", readme)
+    text = readme.read_text()
+    assert "stale table" not in text and "| pusht_keypoints |" in text and "| 0.91 |" in text
+    assert text.startswith("intro\n") and text.endswith(f"{README_END}\noutro\n")
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="markers"):
+        render_readme(tmp_path / "out" / "results.json", readme)
+
+
+def test_unknown_suite_is_refused_with_the_known_ones():
+    from dp_gym.suite import load_suite
+
+    with pytest.raises(FileNotFoundError, match="known suites: .*zoo"):
+        load_suite("no_such_suite")
