@@ -156,3 +156,25 @@ def test_unknown_suite_is_refused_with_the_known_ones():
 
     with pytest.raises(FileNotFoundError, match="known suites: .*zoo"):
         load_suite("no_such_suite")
+
+
+def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
+    import importlib.util
+    from pathlib import Path
+
+    from dp_gym.benchmark import parse_args as parse_benchmark, parse_seeds
+    from dp_gym.train import parse_args as parse_train
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo_protocol.py"
+    spec = importlib.util.spec_from_file_location("zoo_protocol", path)
+    zp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zp)
+    ranges = [set(parse_seeds(s)) for s in (zp.SELECTION_SEEDS, zp.HELD_OUT_SEEDS, zp.PAPER_SEEDS)]
+    assert all(not (a & b) for i, a in enumerate(ranges) for b in ranges[i + 1:])  # disjoint
+    for name, recipe in zp.RECIPES.items():
+        task, policy = name.split("/")
+        for seed in recipe["seeds"]:
+            argv = shlex.split(zp.train_command(name, seed))
+            cfg = parse_train(argv[3:])
+            assert (cfg.task, cfg.policy, cfg.seed, cfg.resume) == (task, policy, seed, True)
+        parse_benchmark(["--task", task, "--policy", "x=y", *recipe["benchmark_args"]])
