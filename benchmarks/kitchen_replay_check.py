@@ -10,7 +10,7 @@ observation) and in the replay, and the step at which each task was first comple
 one-step error (every step restarted from the recorded frame, qvel from finite differences), which
 separates the per-step dynamics mismatch from the compounding of open-loop replay.
 
-    python benchmarks/kitchen_replay_check.py --out benchmarks/results/kitchen_complete_cpu/replay_check.json
+    python benchmarks/kitchen_replay_check.py --out benchmarks/results/kitchen_complete/simulator_check/replay_check.json
 
 Variants (``--variants``): ``nonoise`` (observation noise off), ``d4rl_noise`` (the env's default
 D4RL-level observation noise, which also enters the controller), ``recorded_reference`` (noise off,

@@ -2,7 +2,7 @@
 
     python -m dp_gym.benchmark --task pusht_keypoints \
         --policy dp=runs/pusht_kp/checkpoints/latest --seeds 100000:100050 --n-envs 10 \
-        --out-dir benchmarks/results/pusht_keypoints
+        --out-dir benchmarks/results/pusht_keypoints/diffusion/my_run
 
 Per policy: episodes, seeds, mean max-reward (Push-T: the coverage score), success rate with a 95%
 Wilson interval, mean episode length, predict latency (median ms per chunk at batch 1, and per

@@ -16,6 +16,7 @@ if [ "$MODE" = cpu ]; then
         --num-threads "$THREADS" --out-dir runs/pusht_img_unet_small --resume
     CKPT=runs/pusht_img_unet_small/checkpoints/latest
     DEV=cpu
+    VARIANT=eps_2400x32
 else
     # The paper's recipe: UNet 256/512/1024 (step embedding 128), batch 64, crop 84, ~3000 epochs
     # of the ~23.8k training windows (1.116M steps), AdamW 1e-4, cosine, 500 warm-up, EMA; bf16.
@@ -27,12 +28,13 @@ else
         --device cuda --mixed-precision bf16 --out-dir runs/pusht_img_paper --resume
     CKPT=runs/pusht_img_paper/checkpoints/latest
     DEV=cuda
+    VARIANT=paper_eps_1116000x64
 fi
 
 # Score on the paper's test seeds with DDIM-10, then the paper's DDPM-100 sampler.
 python -m dp_gym.benchmark --task pusht_image --seeds 100000:100050 --n-envs 10 --device "$DEV" \
     --policy "dp_img=$CKPT" --sampler ddim --num-inference-steps 10 --videos 3 \
-    --num-threads "$THREADS" --out-dir "$OUT/pusht_image_$MODE/ddim10"
+    --num-threads "$THREADS" --out-dir "$OUT/pusht_image/diffusion/${VARIANT}_ddim10"
 python -m dp_gym.benchmark --task pusht_image --seeds 100000:100050 --n-envs 10 --device "$DEV" \
     --policy "dp_img=$CKPT" --sampler ddpm --num-inference-steps 100 --videos 3 \
-    --num-threads "$THREADS" --out-dir "$OUT/pusht_image_$MODE/ddpm100"
+    --num-threads "$THREADS" --out-dir "$OUT/pusht_image/diffusion/${VARIANT}_ddpm100"

@@ -26,7 +26,7 @@ python -m dp_gym.benchmark --task pusht_keypoints --seeds 100000:100050 --n-envs
     --policy bc_single=runs/pusht_kp_bc1/checkpoints/latest \
     --policy ibc_single=runs/pusht_kp_ibc/checkpoints/latest \
     --sampler ddim --num-inference-steps 10 --videos 2 --num-threads "$THREADS" \
-    --out-dir "$OUT/pusht_keypoints_comparison_cpu"
+    --out-dir "$OUT/pusht_keypoints/comparison_ddim10"
 
 # The diffusion policy with the paper's DDPM-100 sampler and with DDIM-16.
 for spec in "ddpm 100" "ddim 16"; do
@@ -34,5 +34,5 @@ for spec in "ddpm 100" "ddim 16"; do
     python -m dp_gym.benchmark --task pusht_keypoints --seeds 100000:100050 --n-envs 10 \
         --policy "dp_unet_small=runs/pusht_kp_unet_small/checkpoints/latest" \
         --sampler "$1" --num-inference-steps "$2" --videos 3 --num-threads "$THREADS" \
-        --out-dir "$OUT/pusht_keypoints_dp_cpu/$1$2"
+        --out-dir "$OUT/pusht_keypoints/diffusion/eps_26k_$1$2"
 done

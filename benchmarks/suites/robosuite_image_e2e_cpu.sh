@@ -6,7 +6,8 @@
 # Usage: MUJOCO_GL=egl bash benchmarks/suites/robosuite_image_e2e_cpu.sh
 set -euo pipefail
 DATA=${DATA:-runs/data}
-OUT=${OUT:-benchmarks/results/robosuite_image_e2e_cpu}
+OUT=${OUT:-benchmarks/results/lift_image/diffusion/smoke_150steps}
+TRAIN_LOG=${TRAIN_LOG:-benchmarks/results/lift_image/diffusion/training/smoke_150steps}
 THREADS=${THREADS:-1}
 
 [[ -f $DATA/robosuite/lift_image.hdf5 ]] || \
@@ -17,4 +18,4 @@ python -m dp_gym.train --task lift_image --policy diffusion --model-size small -
 python -m dp_gym.benchmark --task lift_image --seeds 100000:100003 --n-envs 3 \
     --policy dp_img_150steps=runs/lift_img_e2e/checkpoints/latest --sampler ddim --num-inference-steps 10 \
     --videos 1 --latency-repeats 5 --num-threads "$THREADS" --data-dir "$DATA" --out-dir "$OUT"
-mkdir -p "$OUT/training" && cp runs/lift_img_e2e/{metrics.csv,train_config.json} "$OUT/training/"
+mkdir -p "$TRAIN_LOG" && cp runs/lift_img_e2e/{metrics.csv,train_config.json} "$TRAIN_LOG/"

@@ -11,13 +11,16 @@
 #   python -m dp_gym.collect --task <task> --episodes 210 --seed-start 0 --out $DATA/robosuite/<task>.hdf5
 # Every train command takes --resume, so a killed run picks up where it stopped.
 #
-# Optional knobs (session-4 follow-ups):
+# Results go to $OUT/<task>_state[_abs]/{diffusion,bc}/<variant>/ (benchmarks/results/...).
+# Optional knobs:
 #   STEPS=N            diffusion training steps instead of the default budget below; resuming a
 #                      finished run with a larger N continues it (the cosine schedule follows N)
-#   TAG=_x             suffix of the run folder and of the result folder (keeps variants apart)
+#   TAG=_x             suffix of the run folder (keeps training variants apart)
 #   SAMPLER=ddpm NIS=100   evaluation sampler (default DDIM-10)
-#   POLICY_OVERRIDES='{"prediction_type": "sample"}'   diffusion config overrides (JSON; session 10:
-#                      x0-prediction, with TAG=_x0)
+#   POLICY_OVERRIDES='{"prediction_type": "sample"}'   diffusion config overrides (JSON; this one
+#                      is x0-prediction)
+#   VARIANT=name       result folder of eval-dp (default <eps|x0>_<STEPS/1000>k_<sampler><steps>,
+#                      e.g. eps_6k_ddim10; set it for DART data or a TAG the default does not describe)
 #   stage collect-dart: noisy (DART) Can/Lift/Square demos, --action-noise ${NOISE:-0.1}, written to
 #                      runs/demos/<task>_dart.hdf5 and linked as runs/data_dart/robosuite/<task>.hdf5;
 #                      train on them with DATA=runs/data_dart TAG=_dart
@@ -25,7 +28,7 @@ set -euo pipefail
 STAGE=$1
 TASK=$2
 DATA=${DATA:-runs/data}
-OUT=${OUT:-benchmarks/results/robosuite_state_cpu}
+OUT=${OUT:-benchmarks/results}
 THREADS=${THREADS:-1}
 ACTIONS=${ACTIONS:-delta}
 case $ACTIONS in delta) SUFFIX="" ;; abs) SUFFIX="_abs" ;; *) echo "ACTIONS must be delta or abs" >&2; exit 2 ;; esac
@@ -37,9 +40,8 @@ TAG=${TAG:-}
 SAMPLER=${SAMPLER:-ddim}
 NIS=${NIS:-10}
 POLICY_OVERRIDES=${POLICY_OVERRIDES:-'{}'}
-# a non-default sampler gets its own result folder (e.g. can/dp_16k_ddpm100)
-EVAL_TAG=""
-if [[ $SAMPLER != ddim || $NIS != 10 ]]; then EVAL_TAG="_${SAMPLER}${NIS}"; fi
+PRED=eps; [[ $POLICY_OVERRIDES == *'"sample"'* ]] && PRED=x0
+VARIANT=${VARIANT:-${PRED}_$((STEPS / 1000))k_${SAMPLER}${NIS}}
 
 case $STAGE in
 collect-dart)
@@ -60,10 +62,10 @@ eval-dp)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "dp_unet_small${TAG}=runs/${TASK}${SUFFIX}_dp_small${TAG}/checkpoints/latest" \
         --sampler "$SAMPLER" --num-inference-steps "$NIS" --videos 1 --latency-repeats 10 --num-threads "$THREADS" \
-        --data-dir "$DATA" --out-dir "$OUT/$TASK/dp${SUFFIX}${TAG}${EVAL_TAG}" ;;
+        --data-dir "$DATA" --out-dir "$OUT/${TASK}_state${SUFFIX}/diffusion/$VARIANT" ;;
 eval-bc)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "bc_chunked=runs/${TASK}${SUFFIX}_bc/checkpoints/latest" --videos 1 --latency-repeats 10 \
-        --num-threads "$THREADS" --data-dir "$DATA" --out-dir "$OUT/$TASK/bc${SUFFIX}" ;;
+        --num-threads "$THREADS" --data-dir "$DATA" --out-dir "$OUT/${TASK}_state${SUFFIX}/bc/chunked_5k" ;;
 *) echo "unknown stage $STAGE (dp | bc | eval-dp | eval-bc | collect-dart)" >&2; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 """Classify PickPlaceCan episodes of a checkpoint by how they end: kept so the commands recorded in
-``benchmarks/results/robosuite_state_cpu/`` run as written; the tool is
+``benchmarks/results/can_state/`` (``failure_modes.json`` files) run as written; the tool is
 ``robosuite_failure_modes.py --task can`` (labels documented there).
 
     MUJOCO_GL=egl python benchmarks/tools/can_failure_modes.py CHECKPOINT SEED [SEED ...] \

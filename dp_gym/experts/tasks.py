@@ -294,8 +294,8 @@ class SquareLooseExpert(SquareExpert):
     Why: policies trained on the base expert's demos fail mostly by hovering over the peg a few
     millimetres off and never lowering the nut (no demo lowers it there; ``benchmarks/tools/
     robosuite_failure_modes.py``). These demos also lower it from such states, and hold more
-    back-up-and-realign recoveries. Measured (session 13): policies trained on them score lower,
-    0.71 / 0.68 on 100 seeds against 0.74-0.80 (``benchmarks/results/robosuite_state_cpu/``), and
+    back-up-and-realign recoveries. Measured: policies trained on them score lower, 0.71 / 0.68 on
+    100 seeds against 0.74-0.80 (``benchmarks/results/square_state/``, the ``x0_loose_*`` runs), and
     fail the same way; the expert stays for those results' reproducibility.
     """
 
