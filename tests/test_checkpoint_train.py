@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import dp_gym.train as train_mod
 from dp_gym import tasks as tasks_mod
-from dp_gym.checkpoint import FORMAT_VERSION, META_KEY, load_policy, load_tensors, save_policy
+from dp_gym.checkpoint import FORMAT_VERSION, META_KEY, CheckpointError, load_policy, load_tensors, save_policy
 from dp_gym.data.replay import EpisodeData
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.policy import DiffusionPolicy
@@ -101,10 +101,54 @@ def test_tampered_format_version_raises(tmp_path):
 def test_missing_tensor_or_file_raises(tmp_path):
     d = save_policy(tiny_policy(), tmp_path / "ckpt")
     _rewrite(d / "model.safetensors", mutate_tensors=lambda t: t.pop("action_normalizer.scale"))
-    with pytest.raises(RuntimeError, match="action_normalizer.scale"):
+    with pytest.raises(CheckpointError, match="action_normalizer.scale"):
         load_policy(d)
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         load_policy(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("horizon", 10**18, "horizon must be <= 65536"),
+    ("horizon", 1e18, "horizon must be int"),
+    ("action_dim", 10**12, "action_dim must be <= 65536"),
+    ("down_dims", "wide", "down_dims must be list"),
+    ("obs_shapes", {"obs": "3"}, "obs_shapes must be dict"),
+    ("sampler", 3, "sampler must be str"),
+    ("obs_noise_std", float("nan"), "obs_noise_std must be finite"),
+    ("n_emb", 0, "n_emb must be >= 1"),
+])
+def test_invalid_embedded_config_is_refused_at_load(tmp_path, field, value, message):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m["policy_config"].update({field: value}))
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_policy(d)
+    assert str(d / "model.safetensors") in str(e.value)
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    key = next(k for k in tiny_policy().state_dict() if "denoiser" in k and k.endswith("weight"))
+
+    def poison(t):
+        t[key] = t[key].clone()
+        t[key].view(-1)[0] = float("nan")
+
+    _rewrite(d / "model.safetensors", mutate_tensors=poison)
+    with pytest.raises(CheckpointError, match="non-finite.*" + key.replace(".", r"\.")):
+        load_policy(d)
+
+
+def test_broken_checkpoint_metadata_is_refused(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.update(policy_type="gan"))
+    with pytest.raises(CheckpointError, match="unknown policy_type 'gan'"):
+        load_policy(d)
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.update(policy_type="diffusion", policy_config=[1]))
+    with pytest.raises(CheckpointError, match="policy_config must be a JSON object"):
+        load_policy(d)
+    (d / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_policy(d)
 
 
 # --- train() end to end ---------------------------------------------------------------------
