@@ -179,12 +179,20 @@ class DiffusionAgent:
         """
         obs, batched = self._split(observation)
         n_envs = next(iter(obs.values())).shape[0]
-        if len(self._queues) != n_envs:
-            self.reset(n_envs)
+        if n_envs == 0:
+            raise ValueError("observation batch is empty (n_envs = 0); pass one observation or a batch of at least one")
+        starts = None
         if episode_start is not None:
             starts = np.asarray(episode_start, dtype=bool).reshape(-1)
             if starts.shape[0] != n_envs:
                 raise ValueError(f"episode_start has {starts.shape[0]} entries for {n_envs} envs")
+        if len(self._queues) != n_envs:
+            if self._queues and not (starts is not None and starts.all()):
+                raise ValueError(
+                    f"the batch has {n_envs} envs but the agent tracks {len(self._queues)}; a new number of envs "
+                    "starts new episodes everywhere: pass episode_start all true, or call agent.reset(n_envs) first")
+            self.reset(n_envs)
+        if starts is not None:
             for i in np.flatnonzero(starts):
                 self._histories[i].clear()
                 self._queues[i].clear()
@@ -233,8 +241,14 @@ class DiffusionAgent:
             self._replans[i] += 1
         self.n_replans += 1
         with torch.inference_mode():
-            chunk = self.policy.predict_chunk(batch, **kwargs)
-        return chunk.float().cpu().numpy()
+            chunk = self.policy.predict_chunk(batch, **kwargs).float().cpu().numpy()
+        bad = ~np.isfinite(chunk).reshape(len(env_ids), -1).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"the policy produced non-finite actions for env(s) {[env_ids[j] for j in np.flatnonzero(bad)]}: their "
+                "observations are finite but too far outside the training data's range for the network "
+                f"(largest magnitude per key: { {k: float(np.abs(v[bad].astype(np.float64)).max()) for k, v in stacked.items()} })")
+        return chunk
 
     def _to_tensor(self, x: np.ndarray, keep_dtype: bool = False) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

@@ -110,6 +110,25 @@ def test_bad_observations_raise_clear_errors():
         dict_agent.predict(np.zeros(7, np.float32))
 
 
+def test_absurd_observation_empty_batch_and_changing_batch_size_raise():
+    agent = DiffusionAgent(tiny_policy())
+    huge = np.full((1, OBS_DIM), 1e38, np.float32)
+    with pytest.raises(ValueError, match="non-finite actions for env"):
+        agent.predict(huge, episode_start=np.array([True]))
+    with pytest.raises(ValueError, match="batch is empty"):
+        agent.predict(np.zeros((0, OBS_DIM), np.float32))
+    agent = DiffusionAgent(tiny_policy())
+    agent.predict(obs_batch(3), episode_start=np.ones(3, bool))
+    queued = [len(q) for q in agent._queues]
+    with pytest.raises(ValueError, match="batch has 2 envs but the agent tracks 3"):
+        agent.predict(obs_batch(2))
+    assert [len(q) for q in agent._queues] == queued, "a refused call leaves the agent's state alone"
+    a, _ = agent.predict(obs_batch(2), episode_start=np.ones(2, bool))  # new episodes everywhere: allowed
+    assert a.shape == (2, ACT_DIM)
+    agent.reset(4)
+    assert agent.predict(obs_batch(4))[0].shape == (4, ACT_DIM)
+
+
 def test_dict_observations():
     agent = DiffusionAgent(tiny_policy(obs_shapes={"a": [3], "b": [4]}))
     a, _ = agent.predict({"a": np.ones((2, 3), np.float32), "b": np.ones((2, 4), np.float32), "ignored": np.zeros(2)})
