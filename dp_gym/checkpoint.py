@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -41,6 +41,18 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(root: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write` calls
+    interrupted by a kill left under ``root``; call it only while no writer is active there.
+    Returns the removed paths."""
+    removed = []
+    for tmp in Path(root).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -104,7 +116,7 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> tu
         raise FileNotFoundError(f"checkpoint file not found: {file} (expected a checkpoint directory holding model.safetensors)")
     try:
         tensors, meta = load_tensors(file, "cpu")
-    except (OSError, ValueError, RuntimeError) as e:  # safetensors raises these for torn / foreign files
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # torn or foreign files
         raise CheckpointError(f"{file}: not a readable safetensors checkpoint ({e})") from e
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         version = meta.get("format_version") if isinstance(meta, dict) else None

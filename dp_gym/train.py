@@ -18,12 +18,15 @@ batch, split evenly; process 0 writes the logs and the one checkpoint::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +38,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_policy, load_tensors, save_policy
+from dp_gym.checkpoint import (atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_policy, load_tensors,
+                               remove_stale_temp_files, save_policy)
 from dp_gym.data.sequence import SequenceDataset, split_episodes
 from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
@@ -81,6 +85,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        for name in ("checkpoint_every", "log_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "keep_every", "val_every", "eval_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off / default), got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not (math.isfinite(self.ema_power) and self.ema_power > 0):
+            raise ValueError(f"ema_power must be a positive number, got {self.ema_power}")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"val_ratio must be in [0, 1), got {self.val_ratio}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} requested but CUDA is not available")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -126,6 +142,78 @@ def init_policy_from_checkpoint(cfg: TrainConfig, obs_shapes: dict[str, list[int
         raise ValueError(f"--init-from {cfg.init_from} expects observations {got['obs_shapes']} and {got['action_dim']}-d "
                          f"actions; task {cfg.task!r} has {obs_shapes} and {action_dim}-d")
     return policy.train()
+
+
+# Options a ``--resume`` must repeat from the saved run: they fix the data split, the network and
+# the optimiser / schedule state that is restored (``--steps`` may grow; logging, evaluation,
+# device and paths may change).
+RESUME_FIXED = ("task", "policy", "model_size", "denoiser", "horizon", "n_obs_steps", "n_action_steps", "batch_size",
+                "lr", "weight_decay", "warmup_steps", "ema_power", "val_ratio", "seed", "init_from", "policy_overrides")
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` whose options differ from the saved run's in a field of
+    :data:`RESUME_FIXED` (the message lists every such difference)."""
+    diffs = [f"--{k.replace('_', '-')}: saved {saved[k]!r}, now {getattr(cfg, k)!r}"
+             for k in RESUME_FIXED if k in saved and saved[k] != getattr(cfg, k)]
+    if diffs:
+        raise ValueError(f"--resume in {cfg.out_dir} with options that differ from the saved run's ({'; '.join(diffs)}); "
+                         "repeat the saved options or train into a new --out-dir")
+
+
+class RunDirLock:
+    """Exclusive lock on a run directory (``<out>/.lock``, ``fcntl.flock``): a second trainer writing
+    the same folder is refused; the operating system drops the lock when the process ends, even
+    by SIGKILL.
+
+    Example:
+        >>> import tempfile
+        >>> with RunDirLock(Path(tempfile.mkdtemp())) as lock:
+        ...     lock.path.name
+        '.lock'
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+
+        self.path = Path(directory) / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RuntimeError(f"{directory} is in use by another trainer (lock {self.path} is held); "
+                               "wait for it to finish or choose another --out-dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing drops the flock
+
+    def __enter__(self) -> "RunDirLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def trim_metrics(out: Path, step: int) -> None:
+    """Drop the metric rows logged after ``step`` (the saved step a resumed run restarts from), so
+    the steps between the last checkpoint and a kill are not logged twice."""
+    jsonl, csv_path = out / "metrics.jsonl", out / "metrics.csv"
+    if jsonl.exists():
+        lines = [ln for ln in jsonl.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(jsonl, "".join(ln + "\n" for ln in kept).encode())
+    if csv_path.exists():
+        lines = csv_path.read_text().splitlines()
+        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(csv_path, "".join(ln + "\n" for ln in kept).encode())
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
@@ -197,17 +285,29 @@ def _rng_states(gen: torch.Generator, device: torch.device) -> dict[str, torch.T
 
 
 def train(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the ``checkpoints/latest`` directory. The run directory is
+    locked against other trainers while this runs."""
+    with contextlib.ExitStack() as exit_stack:
+        return _train(cfg, exit_stack)
+
+
+def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
     rank, world, device = distributed_context(cfg.device)
     main_process = rank == 0
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes ({world})")
     local_batch = cfg.batch_size // world
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "trainer_state.safetensors"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed + rank)  # each process draws its own noise / timesteps / crops
     task = get_task(cfg.task)
+    if cfg.steps < cfg.warmup_steps and main_process:
+        warnings.warn(f"--steps {cfg.steps} is below --warmup-steps {cfg.warmup_steps}: the learning rate never "
+                      "reaches --lr", stacklevel=2)
+    if cfg.resume and (out / "train_config.json").exists():
+        check_resume_config(cfg, json.loads((out / "train_config.json").read_text()))
 
     # --- data -----------------------------------------------------------------------------
     episodes = task.load_dataset(cfg.data_dir)
@@ -241,8 +341,13 @@ def train(cfg: TrainConfig) -> Path:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_params = sum(p.numel() for p in policy.parameters())
 
+    # The output folder is made only now, so a run refused for bad options or data leaves none.
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        exit_stack.enter_context(RunDirLock(out))
+        remove_stale_temp_files(out)  # left by writes a kill interrupted; nobody else writes here now
+
     step = 0
-    state_file = out / "trainer_state.safetensors"
     if cfg.resume and state_file.exists():
         st, meta = load_tensors(state_file, device)
         policy.load_state_dict({k[6:]: v for k, v in st.items() if k.startswith("model.")})
@@ -259,7 +364,11 @@ def train(cfg: TrainConfig) -> Path:
         if device.type == "cuda" and f"rng.cuda{suffix}" in st:
             torch.cuda.set_rng_state(st[f"rng.cuda{suffix}"].cpu(), device)
         step = ema.step = meta["step"]
+        if cfg.steps < step:
+            raise ValueError(f"--steps {cfg.steps} is below the saved run's step {step} in {state_file}; "
+                             f"pass --steps {step} or more to continue it")
         if main_process:
+            trim_metrics(out, step)
             print(f"resumed from {state_file} at step {step}")
     elif cfg.resume and main_process:
         print(f"--resume given but {state_file} does not exist: starting from scratch")
