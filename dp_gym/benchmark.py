@@ -19,7 +19,7 @@ import math
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,41 +31,77 @@ from tqdm import tqdm
 from dp_gym.agent import DiffusionAgent
 from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
 from dp_gym.tasks import Task, get_task
-from dp_gym.utils.cli import command_line
+from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
+
+
+def _task_names() -> list[str]:
+    from dp_gym.tasks import TASKS
+
+    return sorted(TASKS)
 
 
 @dataclass
 class BenchmarkConfig:
-    task: str = "pusht_keypoints"
-    policies: list[str] = field(default_factory=list)  # "name=checkpoint_dir" (or just the path)
-    seeds: str = "100000:100050"  # "start:stop" or comma-separated list
-    n_envs: int = 10
-    vector: str = "sync"  # sync | async
-    device: str = "cpu"
-    sampler: str | None = None  # override the checkpoint's sampler: ddpm | ddim
-    num_inference_steps: int | None = None
-    # diffusion only: execute this many actions of each sampled chunk before re-planning (Ta),
-    # instead of the checkpoint's; the predicted horizon must cover To - 1 + Ta.
-    n_action_steps: int | None = None
-    # diffusion only: multiply the sampler's Gaussian draws by this (a temperature; 1 = as trained,
-    # 0 = DDIM from x_T = 0 / DDPM without per-step noise). None leaves sampling as it is.
-    noise_scale: float | None = None
-    accelerate: str = "eager"  # diffusion only: eager | compile | cuda_graph (see DiffusionAgent.accelerate)
-    autocast: str = "no"  # diffusion only: no | bf16 | fp16
-    deterministic: bool = True
-    videos: int = 3  # record the first N episodes per policy
-    latency_repeats: int = 20
-    out_dir: str = "benchmarks/results/latest"
-    data_dir: str | None = None
-    num_threads: int = 0
-    resume: bool = False  # keep <out>/episodes.jsonl and run only the episodes it lacks
+    """Every benchmark option; each field is a command-line flag (``--field-name``)."""
+
+    task: str = option("pusht_keypoints", "task to evaluate on", choices=_task_names)
+    policies: list[str] = option([], "NAME=CHECKPOINT_DIR or NAME=zoo:<task>/<policy> (repeatable)", flag="--policy",
+                                 metavar="NAME=CHECKPOINT")
+    seeds: str = option("100000:100050", "episode seeds, start:stop or a comma list: the paper's test seeds unless "
+                        "given (with --suite: the suite's)")
+    n_envs: int = option(10, "episodes run in parallel (vector env size)")
+    vector: str = option("sync", "vector env: in-process or one process per env", choices=("sync", "async"))
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    sampler: str | None = option(None, "diffusion only: sampler instead of the checkpoint's", choices=("ddpm", "ddim"))
+    num_inference_steps: int | None = option(None, "diffusion only: denoising steps instead of the checkpoint's")
+    n_action_steps: int | None = option(None, "diffusion only: actions executed per sampled chunk (Ta) instead of the "
+                                        "checkpoint's; the horizon must cover To - 1 + Ta")
+    noise_scale: float | None = option(None, "diffusion only: scale the sampling noise (temperature; 1 = as trained, "
+                                       "0 = DDIM from x_T = 0 / DDPM without per-step noise)")
+    accelerate: str = option("eager", "diffusion only: how the denoising loop runs (falls back to eager)",
+                             choices=("eager", "compile", "cuda_graph"))
+    autocast: str = option("no", "diffusion only: autocast dtype", choices=("no", "bf16", "fp16"))
+    deterministic: bool = option(True, "reproducible sampling noise (per seed)", invert="--stochastic")
+    videos: int = option(3, "record videos of the first N episodes per policy")
+    latency_repeats: int = option(20, "repeats of the batch-1 predict latency measurement; 0: skip it")
+    out_dir: str = option("benchmarks/results/latest", "results folder; with --suite unless given: benchmarks/results/suite_NAME")
+    data_dir: str | None = option(None, "dataset folder; unset: $DP_GYM_DATA_DIR, else ./data")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks")
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_envs", 1), ("videos", 0), ("latency_repeats", 0), ("num_threads", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("num_inference_steps", "n_action_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.noise_scale is not None and not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {self.noise_scale}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device} requested but CUDA is not available")
+        parse_seeds(self.seeds)  # refuse an empty or malformed seed range now, not after loading policies
 
 
 def parse_seeds(spec: str) -> list[int]:
-    if ":" in spec:
-        a, b = spec.split(":")
-        return list(range(int(a), int(b)))
-    return [int(s) for s in spec.split(",") if s.strip()]
+    """``"start:stop"`` (stop excluded) or a comma list; an empty or malformed spec raises
+    ``ValueError``.
+
+    Example:
+        >>> parse_seeds("5:8"), parse_seeds("1,4")
+        ([5, 6, 7], [1, 4])
+    """
+    try:
+        if ":" in spec:
+            a, b = spec.split(":")
+            seeds = list(range(int(a), int(b)))
+        else:
+            seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"seeds must be 'start:stop' or a comma list of integers, got {spec!r}") from None
+    if not seeds:
+        raise ValueError(f"seeds {spec!r} select no episode (start:stop needs start < stop)")
+    return seeds
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -162,7 +198,7 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
     ``on_episode(i, record)`` is called as episode ``i`` (of ``seeds``) finishes, with its record
     (``seed``, ``max_reward``, ``success``, ``length``, and ``count`` for tasks with a count
     metric). If the vector env crashes (:class:`EnvCrash`), it is rebuilt and the episodes that
-    were running are run again, up to ``retries`` times each; after that an episode's record holds
+    were running are run again, one at a time, up to ``retries`` times each; after that an episode's record holds
     ``error`` instead of results and the other episodes go on. ``progress`` shows a bar over
     episodes. Returns per-episode arrays over ``seeds`` (errored episodes: 0 / False) and
     ``records`` (one per seed)."""
@@ -180,11 +216,14 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
             on_episode(ep, record)
 
     while any(r is None for r in records):
-        todo = [ep for ep, r in enumerate(records) if r is None]
+        # Episodes that were running when the env crashed are retried one at a time (in a one-env
+        # vector), so an episode that crashes it again does not take its batch-mates down with it.
+        retry = [ep for ep, r in enumerate(records) if r is None and attempts[ep]]
+        todo = retry[:1] or [ep for ep, r in enumerate(records) if r is None]
         in_flight: set[int] = set()
         try:
-            _rollout_pass(agent, task, seeds, todo, min(n_envs, len(todo)), vector, deterministic, video_episodes,
-                          frames, chunk_times, finish, in_flight)
+            _rollout_pass(agent, task, seeds, todo, 1 if retry else min(n_envs, len(todo)), vector, deterministic,
+                          video_episodes, frames, chunk_times, finish, in_flight)
         except EnvCrash as crash:
             for ep in sorted(in_flight):
                 frames.pop(ep, None)
@@ -569,43 +608,16 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="pusht_keypoints")
-    p.add_argument("--policy", dest="policies", action="append", default=[], help="NAME=CHECKPOINT_DIR (repeatable)")
-    p.add_argument("--seeds", default=None, help="start:stop or a comma list (default: the paper's test seeds 100000:100050; "
-                   "with --suite, the suite's seeds)")
-    p.add_argument("--n-envs", type=int, default=10)
-    p.add_argument("--vector", default="sync", choices=["sync", "async"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
-    p.add_argument("--num-inference-steps", type=int, default=None)
-    p.add_argument("--n-action-steps", type=int, default=None,
-                   help="diffusion only: actions executed per sampled chunk (Ta) instead of the checkpoint's")
-    p.add_argument("--noise-scale", type=float, default=None,
-                   help="diffusion only: scale the sampling noise (temperature; 1 = as trained, 0 = noise-free)")
-    p.add_argument("--accelerate", default="eager", choices=["eager", "compile", "cuda_graph"],
-                   help="diffusion only: compile or CUDA-graph the denoising loop (eager fallback)")
-    p.add_argument("--autocast", default="no", choices=["no", "bf16", "fp16"], help="diffusion only: autocast dtype")
-    p.add_argument("--stochastic", action="store_true", help="non-reproducible sampling noise")
-    p.add_argument("--videos", type=int, default=3)
-    p.add_argument("--latency-repeats", type=int, default=20)
-    p.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results/latest; with --suite, "
-                   "benchmarks/results/suite_NAME)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--num-threads", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="keep <out-dir>/episodes.jsonl and run only the episodes it lacks")
+    p = build_parser_for(BenchmarkConfig, description=__doc__, prog="python -m dp_gym.benchmark")
     p.add_argument("--suite", default=None,
                    help="evaluate every entry of a suite (benchmarks/suites/NAME.json, e.g. 'zoo') instead of --task/--policy")
+    p.set_defaults(seeds=None, out_dir=None)  # unset: the config's defaults, or the suite's
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> BenchmarkConfig:
-    return BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds or BenchmarkConfig.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
-                          sampler=a.sampler, num_inference_steps=a.num_inference_steps,
-                          n_action_steps=a.n_action_steps, noise_scale=a.noise_scale, accelerate=a.accelerate,
-                          autocast=a.autocast, deterministic=not a.stochastic,
-                          videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir or BenchmarkConfig.out_dir, data_dir=a.data_dir,
-                          num_threads=a.num_threads, resume=a.resume)
+    a = argparse.Namespace(**{**vars(a), "seeds": a.seeds or BenchmarkConfig.seeds, "out_dir": a.out_dir or BenchmarkConfig.out_dir})
+    return config_from_namespace(BenchmarkConfig, a)
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
@@ -613,15 +625,29 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     return config_from_args(build_parser().parse_args(argv))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     if a.suite:
         from dp_gym.suite import load_suite, run_suite
 
         run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv))
-        return
-    run(config_from_args(a), command=command_line("dp_gym.benchmark", argv))
+        return 0
+    cfg = config_from_args(a)
+    missing = [path for _, path in map(_policy_name, cfg.policies)
+               if not path.startswith("zoo:") and not (Path(path) / "model.safetensors").is_file() and not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint not found: {', '.join(missing)} (a --policy needs a folder holding model.safetensors)")
+    results = run(cfg, command=command_line("dp_gym.benchmark", argv))
+    failed = [name for name, r in results.items() if "error" in r]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} policies failed ({', '.join(failed)}); "
+                           f"the others' results are in {cfg.out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
