@@ -21,7 +21,6 @@ Writes ``perf.json`` and ``perf.md`` (with the machine description) to ``--out-d
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import time
@@ -37,26 +36,35 @@ from dp_gym.benchmark import median_ms
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.policies import make_policy, model_sizes
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator
-from dp_gym.utils.cli import command_line
+from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
 
 @dataclass
 class PerfConfig:
-    device: str = "cpu"
-    kinds: str = "lowdim,image"
-    sizes: str = "small,paper"
-    samplers: str = "ddpm:100,ddim:10"
-    modes: str = "eager"  # comma list of eager | compile | cuda_graph
-    autocast: str = "no"  # comma list of no | bf16 | fp16
-    n_envs: int = 10
-    repeats: int = 5
-    warmup: int = 2
-    train_batch: int = 64
-    train_steps: int = 5
-    env_steps: int = 300
-    num_threads: int = 0
-    skip: str = ""  # comma list of sections to skip: predict, train, env
-    out_dir: str = "benchmarks/results/perf"
+    """Every ``python -m dp_gym.perf`` option; each field is a flag (``--field-name``)."""
+
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    kinds: str = option("lowdim,image", "comma list of policy kinds: lowdim, image")
+    sizes: str = option("small,paper", "comma list of model sizes: small, medium, paper")
+    samplers: str = option("ddpm:100,ddim:10", "comma list of sampler:steps")
+    modes: str = option("eager", "comma list of eager | compile | cuda_graph")
+    autocast: str = option("no", "comma list of no | bf16 | fp16")
+    n_envs: int = option(10, "batch size of the batched predict and env measurements")
+    repeats: int = option(5, "timed repeats per measurement (the median is reported)")
+    warmup: int = option(2, "untimed calls before each measurement")
+    train_batch: int = option(64, "batch size of the training measurement")
+    train_steps: int = option(5, "timed training steps")
+    env_steps: int = option(300, "timed env steps")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    skip: str = option("", "comma list of sections to skip: predict, train, env")
+    out_dir: str = option("benchmarks/results/perf", "folder for perf.json and perf.md")
+
+    def __post_init__(self) -> None:
+        for name in ("n_envs", "repeats", "train_batch", "train_steps", "env_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.num_threads < 0:
+            raise ValueError(f"warmup and num_threads must be >= 0, got {self.warmup} and {self.num_threads}")
 
 
 KINDS = {
@@ -249,13 +257,15 @@ def run(cfg: PerfConfig, command: str = "") -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(PerfConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = PerfConfig(**vars(p.parse_args(argv)))
+def _main(argv: list[str]) -> int:
+    cfg = parse_config(PerfConfig, argv, description=__doc__, prog="python -m dp_gym.perf")
     run(cfg, command=command_line("dp_gym.perf", argv))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -17,7 +17,6 @@ batch, split evenly; process 0 writes the logs and the one checkpoint::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import dataclasses
@@ -27,7 +26,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,42 +44,49 @@ from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES
 from dp_gym.tasks import get_task
+from dp_gym.utils.cli import option, parse_config, run_cli
+
+
+def _task_names() -> list[str]:
+    from dp_gym.tasks import TASKS
+
+    return sorted(TASKS)
 
 
 @dataclass
 class TrainConfig:
-    task: str = "pusht_keypoints"
-    policy: str = "diffusion"  # diffusion | bc | ibc
-    model_size: str = "small"  # small | medium | paper (see dp_gym.policies.model_sizes)
-    denoiser: str = "unet"  # unet | transformer (diffusion only)
-    horizon: int = 16  # diffusion only (bc / ibc use To-1+Ta, see build_policy_config)
-    n_obs_steps: int = 2
-    n_action_steps: int = 8
-    steps: int = 50_000
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float | None = None  # None: the policy's paper default (policy.optim_groups)
-    warmup_steps: int = 500
-    ema_power: float = 0.75
-    val_ratio: float = 0.02
-    seed: int = 42
-    device: str = "cpu"
-    out_dir: str = "runs/default"
-    data_dir: str | None = None
-    checkpoint_every: int = 2000
-    keep_every: int = 0  # also keep step_<n> snapshots every this many steps (0: only latest)
-    log_every: int = 100
-    val_every: int = 1000
-    eval_every: int = 0  # rollouts in the env every N steps (0: never)
-    eval_episodes: int = 10
-    num_threads: int = 0  # torch CPU threads (0: torch default)
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with loss scaling)
-    resume: bool = False
-    # Fine-tuning: start from this checkpoint's (EMA) weights, normalisers and policy config (so
-    # --model-size, --denoiser, --horizon, --n-obs-steps, --n-action-steps are not used) instead
-    # of a fresh policy; optimiser, schedule and EMA start afresh.
-    init_from: str | None = None
-    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    """Every training option; each field is a command-line flag (``--field-name``)."""
+
+    task: str = option("pusht_keypoints", "task: dataset, env and metric", choices=_task_names)
+    policy: str = option("diffusion", "policy type", choices=("diffusion", "bc", "ibc"))
+    model_size: str = option("small", "network size preset (dp_gym.policies.model_sizes)", choices=("small", "medium", "paper"))
+    denoiser: str = option("unet", "diffusion only: the denoising network", choices=("unet", "transformer"))
+    horizon: int = option(16, "diffusion only: predicted actions Tp (bc / ibc use To-1+Ta)")
+    n_obs_steps: int = option(2, "observation history To")
+    n_action_steps: int = option(8, "actions executed per chunk Ta")
+    steps: int = option(50_000, "optimiser steps")
+    batch_size: int = option(64, "global batch size (split across torchrun processes)")
+    lr: float = option(1e-4, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float | None = option(None, "AdamW weight decay; unset: the policy's paper value")
+    warmup_steps: int = option(500, "linear learning-rate warm-up steps")
+    ema_power: float = option(0.75, "power of the EMA decay schedule of the evaluation weights")
+    val_ratio: float = option(0.02, "fraction of episodes held out for the validation loss")
+    seed: int = option(42, "seed of the split, initialisation and sampling")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    out_dir: str = option("runs/default", "run folder: checkpoints, metrics, train_config.json")
+    data_dir: str | None = option(None, "dataset folder; unset: $DP_GYM_DATA_DIR, else ./data")
+    checkpoint_every: int = option(2000, "write checkpoints/latest and the trainer state every N steps")
+    keep_every: int = option(0, "also keep checkpoints/step_<n> every N steps; 0: only latest")
+    log_every: int = option(100, "log the mean training loss every N steps")
+    val_every: int = option(1000, "validation loss every N steps; 0: never")
+    eval_every: int = option(0, "env rollouts every N steps; 0: never")
+    eval_episodes: int = option(10, "episodes per env evaluation")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    mixed_precision: str = option("no", "autocast dtype of the forward pass (fp16: CUDA only)", choices=("no", "bf16", "fp16"))
+    resume: bool = option(False, "continue the run in --out-dir from its trainer state")
+    init_from: str | None = option(None, "fine-tune from this checkpoint's weights, normalisers and policy config "
+                                   "(--model-size, --denoiser, --horizon, --n-obs-steps, --n-action-steps unused)")
+    policy_overrides: dict[str, Any] = option({}, "policy config overrides, e.g. '{\"num_inference_steps\": 16}'")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -488,28 +494,20 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "policy_overrides":
-            p.add_argument("--policy-overrides", type=json.loads, default={}, help="JSON dict of policy config overrides, e.g. '{\"num_inference_steps\": 16}'")
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", default=default)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
-            p.add_argument(flag, type=typ, default=default)
-    a = p.parse_args(argv)
-    return TrainConfig(**vars(a))
+    return parse_config(TrainConfig, argv, description=__doc__, prog="python -m dp_gym.train")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     if cfg.data_dir is None and os.environ.get("DP_GYM_DATA_DIR"):
         cfg.data_dir = os.environ["DP_GYM_DATA_DIR"]
     train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
