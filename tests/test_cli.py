@@ -138,3 +138,14 @@ def test_other_clis_refuse_bad_values_in_one_line(tmp_path, capsys):
     _one_line_error(capsys, robomimic.main([str(tmp_path / "missing.hdf5"), str(tmp_path / "out.hdf5")]), 1,
                     r"robomimic file not found")
     assert not (tmp_path / "p").exists() and not (tmp_path / "out.hdf5").exists()
+
+
+def test_the_readme_documents_every_flag_of_every_command():
+    from dp_gym.utils.cli import cli_parsers, render_flag_tables
+
+    readme = (ROOT / "README.md").read_text()
+    assert render_flag_tables(readme) == readme, "README flag tables are stale: run python -m dp_gym.utils.cli README.md"
+    for module, parser in cli_parsers().items():
+        assert f"<!-- flags:{module} -->" in readme
+        for flag in _flags(parser) - {"-h", "--help"}:
+            assert f"`{flag}" in readme, f"{module} {flag} is not documented"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shlex
 import sys
 import types
@@ -213,3 +214,53 @@ def run_cli(main: Callable[[list[str]], int | None], argv: list[str] | None = No
             message = f"{type(e).__name__}: {message}"
         print(f"error: {' '.join(message.split())} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+# --- the README's flag tables -----------------------------------------------------------------
+
+def cli_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The parser of every ``python -m`` command of dp_gym built with :func:`build_parser`."""
+    from dp_gym import benchmark, collect, perf, train
+    from dp_gym.data import robomimic
+
+    return {"dp_gym.train": build_parser(train.TrainConfig), "dp_gym.benchmark": benchmark.build_parser(),
+            "dp_gym.collect": build_parser(collect.CollectConfig), "dp_gym.perf": build_parser(perf.PerfConfig),
+            "dp_gym.data.robomimic": build_parser(robomimic.ReplayConfig)}
+
+
+def flags_markdown(parser: argparse.ArgumentParser) -> str:
+    """A markdown table of ``parser``'s arguments: flag (with choices), help line (with default)."""
+    rows = ["| flag | meaning |", "|---|---|"]
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        name = ", ".join(a.option_strings) or a.dest.upper()
+        if a.choices:
+            name += " " + "{" + ",".join(map(str, a.choices)) + "}"
+        elif a.nargs != 0 and a.option_strings:
+            name += f" {a.metavar or a.dest.upper()}"
+        meaning = (a.help or "").replace("|", "/").replace("<", "&lt;").replace(">", "&gt;")
+        rows.append(f"| `{name}` | {meaning} |")
+    return "\n".join(rows)
+
+
+def render_flag_tables(text: str) -> str:
+    """``text`` with each ``<!-- flags:MODULE -->`` ... ``<!-- /flags -->`` block refilled with
+    MODULE's flag table."""
+    parsers = cli_parsers()
+
+    def fill(m: re.Match) -> str:
+        module = m.group(1)
+        if module not in parsers:
+            raise KeyError(f"no dp_gym command {module!r}; known: {sorted(parsers)}")
+        return f"<!-- flags:{module} -->\n{flags_markdown(parsers[module])}\n<!-- /flags -->"
+
+    return re.sub(r"<!-- flags:([\w.]+) -->.*?<!-- /flags -->", fill, text, flags=re.S)
+
+
+if __name__ == "__main__":  # python -m dp_gym.utils.cli README.md: refresh the README's flag tables
+    import pathlib
+
+    for name in sys.argv[1:]:
+        path = pathlib.Path(name)
+        path.write_text(render_flag_tables(path.read_text()))
