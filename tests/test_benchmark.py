@@ -296,3 +296,30 @@ def test_one_bad_policy_does_not_cost_the_others_their_results(tmp_path, pusht_s
     assert "pusht_short episodes" in captured.err  # progress bar over episodes
     assert "| good | 2 |" in captured.out and "| bad | failed: CheckpointError" in captured.out  # the summary table
     assert captured.err.strip().splitlines()[-1].startswith("error: 1 of 2 policies failed")
+
+
+def test_killed_async_env_worker_is_rebuilt_and_its_episodes_rerun(pusht_short, monkeypatch):
+    """A SIGKILLed worker process of an AsyncVectorEnv (EOFError in the parent): the env is rebuilt
+    and the episodes that were running are run again; the results equal an undisturbed run's."""
+    import os
+    import signal
+
+    import dp_gym.benchmark as bm
+
+    policy, seeds = tiny_policy(), [100000, 100001, 100002]
+    ref = evaluate_agent(DiffusionAgent(policy), pusht_short, seeds, n_envs=2, latency_repeats=0)
+    envs, real_make, real_predict, calls = [], bm.make_vector_env, DiffusionAgent.predict, []
+    monkeypatch.setattr(bm, "make_vector_env", lambda *a, **kw: envs.append(real_make(*a, **kw)) or envs[-1])
+
+    def predict_and_kill_once(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(envs[0].processes[1].pid, signal.SIGKILL)
+        return real_predict(self, *a, **kw)
+
+    monkeypatch.setattr(DiffusionAgent, "predict", predict_and_kill_once)
+    res = evaluate_agent(DiffusionAgent(policy), pusht_short, seeds, n_envs=2, vector="async", latency_repeats=0)
+    assert len(envs) >= 2, "the crashed vector env was rebuilt"
+    assert res["episodes"] == 3 and "errors" not in res
+    np.testing.assert_allclose(res["per_episode"]["max_reward"], ref["per_episode"]["max_reward"], atol=1e-3)
+    assert res["per_episode"]["length"] == ref["per_episode"]["length"]
