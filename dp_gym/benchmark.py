@@ -494,7 +494,7 @@ def load_episode_log(path: Path) -> dict[tuple[str, str], dict[int, dict]]:
             rec = json.loads(line)
         except ValueError:
             continue  # the last line of a killed run can be incomplete
-        if "error" not in rec:
+        if isinstance(rec, dict) and "error" not in rec and {"policy", "checkpoint", "seed"} <= rec.keys():
             done.setdefault((rec.pop("policy"), rec.pop("checkpoint")), {})[int(rec["seed"])] = rec
     return done
 
@@ -538,12 +538,11 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
     res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats,
                          done=done, on_episode=record, progress=True)
     frames = res.pop("frames")
-    res["videos"] = sorted(p.name for p in out.glob(f"{name}_seed*.mp4") if int(p.stem.rsplit("seed", 1)[1]) in seeds[:cfg.videos])
     fps = int(task.make_env().metadata.get("render_fps", 10))
     for ep, fr in sorted(frames.items()):
-        vpath = out / f"{name}_seed{seeds[ep]}.mp4"
-        write_video(vpath, fr, fps)
-        res["videos"] = sorted(set(res["videos"]) | {vpath.name})
+        write_video(out / f"{name}_seed{seeds[ep]}.mp4", fr, fps)
+    # videos of the first episodes: written now, or by the run a --resume continues
+    res["videos"] = [f"{name}_seed{s}.mp4" for s in seeds[:cfg.videos] if (out / f"{name}_seed{s}.mp4").is_file()]
     res.update(checkpoint=str(path), train_step=meta.get("train_step"),
                sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
                num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
@@ -587,6 +586,9 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
     atomic_write_json(config_file, dataclasses.asdict(cfg))
     if not cfg.resume:
         atomic_write_bytes(log_path, b"")
+    elif log_path.exists() and not log_path.read_bytes().endswith(b"\n"):  # a line torn by a kill: drop it
+        text = log_path.read_bytes()
+        atomic_write_bytes(log_path, text[: text.rfind(b"\n") + 1])
     results: dict[str, dict] = {}
     with open(log_path, "a") as log:
         for name, path in specs:

@@ -224,6 +224,8 @@ def test_killed_benchmark_resumes_with_only_the_missing_episodes(tmp_path, pusht
         run(BenchmarkConfig(**cfg, out_dir=str(part)))
     first = [r["seed"] for r in _log(part)]
     assert 2 <= len(first) < 5 and not (part / "results.json").exists()
+    with open(part / "episodes.jsonl", "a") as f:
+        f.write('{"policy": "tiny", "checkpoint": "')  # a line torn by the kill
     monkeypatch.setattr(DiffusionAgent, "predict", real_predict)
     ran = []
     monkeypatch.setattr(DiffusionAgent, "set_noise_key", lambda self, i, key: (ran.append(key), real_set(self, i, key)))
