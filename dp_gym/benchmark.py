@@ -198,10 +198,10 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
     ``on_episode(i, record)`` is called as episode ``i`` (of ``seeds``) finishes, with its record
     (``seed``, ``max_reward``, ``success``, ``length``, and ``count`` for tasks with a count
     metric). If the vector env crashes (:class:`EnvCrash`), it is rebuilt and the episodes that
-    were running are run again, one at a time, up to ``retries`` times each; after that an episode's record holds
-    ``error`` instead of results and the other episodes go on. ``progress`` shows a bar over
-    episodes. Returns per-episode arrays over ``seeds`` (errored episodes: 0 / False) and
-    ``records`` (one per seed)."""
+    were running are run again, one at a time, up to ``retries`` times each; after that an
+    episode's record holds ``error`` instead of results and the other episodes go on.
+    ``progress`` shows a bar over episodes. Returns per-episode arrays over ``seeds`` (errored
+    episodes: 0 / False) and ``records`` (one per seed)."""
     n_envs = max(1, min(n_envs, len(seeds)))
     records: list[dict | None] = [None] * len(seeds)
     attempts = [0] * len(seeds)
