@@ -289,6 +289,21 @@ def test_second_trainer_on_the_same_out_dir_is_refused(tmp_path, toy_task):
         assert not (out / "metrics.jsonl").exists()
     train(_cfg(out, steps=10))  # released: the folder can be trained into again
     assert (out / "checkpoints" / "latest" / "model.safetensors").exists()
+    # the same between processes: a trainer in another process holds the folder
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dp_gym.train import RunDirLock; "
+                               f"lock = RunDirLock({str(out)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="in use by another trainer"):
+            train(_cfg(out, steps=20, resume=True))
+    finally:
+        holder.kill()
+        holder.wait()
+    train(_cfg(out, steps=20, resume=True))  # the killed holder's lock is gone with it
 
 
 def test_stale_temporary_files_are_removed_at_start(tmp_path, toy_task):

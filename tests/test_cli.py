@@ -123,6 +123,8 @@ def test_train_missing_data_and_cuda_end_in_one_line_without_an_output_folder(tm
     (["--num-inference-steps", "-1"], r"num_inference_steps must be >= 1"),
     (["--noise-scale", "nan"], r"noise_scale must be a finite number"),
     ([], r"checkpoint not found: .*nowhere"),
+    pytest.param(["--device", "cuda"], r"--device cuda requested but CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ])
 def test_benchmark_mistakes_end_in_one_line(tmp_path, capsys, argv, pattern):
     out = tmp_path / "res"
