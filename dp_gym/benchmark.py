@@ -30,21 +30,15 @@ from tqdm import tqdm
 
 from dp_gym.agent import DiffusionAgent
 from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
-from dp_gym.tasks import Task, get_task
+from dp_gym.tasks import Task, get_task, task_names
 from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
-
-
-def _task_names() -> list[str]:
-    from dp_gym.tasks import TASKS
-
-    return sorted(TASKS)
 
 
 @dataclass
 class BenchmarkConfig:
     """Every benchmark option; each field is a command-line flag (``--field-name``)."""
 
-    task: str = option("pusht_keypoints", "task to evaluate on", choices=_task_names)
+    task: str = option("pusht_keypoints", "task to evaluate on", choices=task_names)
     policies: list[str] = option([], "NAME=CHECKPOINT_DIR or NAME=zoo:<task>/<policy> (repeatable)", flag="--policy",
                                  metavar="NAME=CHECKPOINT")
     seeds: str = option("100000:100050", "episode seeds, start:stop or a comma list: the paper's test seeds unless "

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,21 +42,15 @@ from dp_gym.data.sequence import SequenceDataset, split_episodes
 from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES
-from dp_gym.tasks import get_task
+from dp_gym.tasks import get_task, task_names
 from dp_gym.utils.cli import option, parse_config, run_cli
-
-
-def _task_names() -> list[str]:
-    from dp_gym.tasks import TASKS
-
-    return sorted(TASKS)
 
 
 @dataclass
 class TrainConfig:
     """Every training option; each field is a command-line flag (``--field-name``)."""
 
-    task: str = option("pusht_keypoints", "task: dataset, env and metric", choices=_task_names)
+    task: str = option("pusht_keypoints", "task: dataset, env and metric", choices=task_names)
     policy: str = option("diffusion", "policy type", choices=("diffusion", "bc", "ibc"))
     model_size: str = option("small", "network size preset (dp_gym.policies.model_sizes)", choices=("small", "medium", "paper"))
     denoiser: str = option("unet", "diffusion only: the denoising network", choices=("unet", "transformer"))
