@@ -52,8 +52,9 @@ class BenchmarkConfig:
                                         "checkpoint's; the horizon must cover To - 1 + Ta")
     noise_scale: float | None = option(None, "diffusion only: scale the sampling noise (temperature; 1 = as trained, "
                                        "0 = DDIM from x_T = 0 / DDPM without per-step noise)")
-    accelerate: str = option("eager", "diffusion only: how the denoising loop runs (falls back to eager)",
-                             choices=("eager", "compile", "cuda_graph"))
+    accelerate: str = option("auto", "diffusion only: how the denoising loop runs; auto: the agent's default "
+                             "(ONNX Runtime on CPU); falls back to eager with the reason",
+                             choices=("auto", "eager", "compile", "cuda_graph", "onnx"))
     autocast: str = option("no", "diffusion only: autocast dtype", choices=("no", "bf16", "fp16"))
     deterministic: bool = option(True, "reproducible sampling noise (per seed)", invert="--stochastic")
     videos: int = option(3, "record videos of the first N episodes per policy")
@@ -135,18 +136,20 @@ def p_k_columns(results: dict[str, dict]) -> list[str]:
     return sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
 
 
+def timed_s(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time (s) of one call of ``fn``, synchronising CUDA around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall time (ms) of ``fn`` after ``warmup`` calls, synchronising CUDA around each call."""
-    times = []
-    for r in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = [timed_s(fn, device) for _ in range(warmup + repeats)][warmup:]
     return 1000 * float(np.median(times))
 
 
@@ -515,8 +518,10 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
             agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
         if cfg.noise_scale is not None:
             agent.sample_kwargs["noise_scale"] = cfg.noise_scale
-        if cfg.accelerate != "eager" or cfg.autocast != "no":
-            acc = agent.accelerate(cfg.accelerate, cfg.autocast)
+        if cfg.accelerate != "auto" or cfg.autocast != "no":
+            from dp_gym.policies.diffusion.accelerate import default_mode
+
+            acc = agent.accelerate(default_mode(cfg.device) if cfg.accelerate == "auto" else cfg.accelerate, cfg.autocast)
             print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
                   + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
     elif cfg.sampler or cfg.num_inference_steps:
@@ -531,6 +536,8 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
 
     res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats,
                          done=done, on_episode=record, progress=True)
+    if agent.accelerator is not None:  # how the chunks (and the latency) were computed
+        res["sampling_mode"] = {"active": agent.accelerator.active_mode, "fallback_reason": agent.accelerator.fallback_reason}
     frames = res.pop("frames")
     fps = int(task.make_env().metadata.get("render_fps", 10))
     for ep, fr in sorted(frames.items()):

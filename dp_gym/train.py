@@ -259,6 +259,48 @@ class _LossModule(nn.Module):
         return self.policy.compute_loss(batch)
 
 
+def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the policy's parameter groups; the fused (single-kernel) implementation where
+    this torch build has it for the device, the same update as the default one."""
+    groups = policy.optim_groups(cfg.weight_decay)
+    kw = dict(lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / torch
+        return torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), **kw)
+
+
+def make_train_step(model: nn.Module, policy: nn.Module, opt: torch.optim.Optimizer, sched, ema: EMA,
+                    scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None, device: torch.device):
+    """``step(batch) -> loss``: forward (under autocast when ``amp_dtype``), backward, optimiser,
+    LR schedule and EMA update. It returns the loss as a detached device tensor and never waits
+    for the device; :func:`finite_mean` checks and averages a run of them."""
+
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        ema.update(policy)
+        return loss.detach()
+
+    return step
+
+
+def finite_mean(losses: list[torch.Tensor], step: int) -> float:
+    """Mean of the losses of the last ``len(losses)`` steps (one host sync); raise
+    FloatingPointError naming the first step whose loss was not finite."""
+    values = torch.stack(losses).double().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise FloatingPointError(f"non-finite loss {float(values[i])} at step {step - len(losses) + i}")
+    return float(values.mean())
+
+
 def distributed_context(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) for this process. Under ``torchrun`` (WORLD_SIZE > 1) this joins
     the process group: NCCL with one GPU per process (LOCAL_RANK) for CUDA, gloo on CPU."""
@@ -328,7 +370,7 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
         train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
         frames_t = torch.as_tensor(train_frames, device=device)
         policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
-    opt = torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
+    opt = make_optimizer(policy, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)
     # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.
@@ -339,6 +381,7 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_params = sum(p.numel() for p in policy.parameters())
+    train_step = make_train_step(model, policy, opt, sched, ema, scaler, amp_dtype, device)
 
     # The output folder is made only now, so a run refused for bad options or data leaves none.
     if main_process:
@@ -428,28 +471,17 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
               f"val_windows={len(val_set) if val_set else 0} device={device} processes={world}")
     policy.train()
     t_start = t_last = time.perf_counter()
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # since the last log row, on the device
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0, disable=not main_process)
     while step < cfg.steps:
-        batch = train_set.sample(local_batch, gen)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        ema.update(policy)
+        losses.append(train_step(train_set.sample(local_batch, gen)))
         step += 1
-        losses.append(loss.item())
         bar.update(1)
         row: dict[str, Any] = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             sps = cfg.batch_size * len(losses) / max(now - t_last, 1e-9)
-            mean_loss = float(np.mean(losses))
+            mean_loss = finite_mean(losses, step)
             if world > 1:  # log the mean over all processes' batches (one all-reduce per log row)
                 total = torch.tensor(mean_loss, dtype=torch.float64, device=device)
                 dist.all_reduce(total)
@@ -473,6 +505,8 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
             csv_writer.writerow({k: row.get(k) for k in csv_writer.fieldnames})
             csv_file.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if losses:
+                finite_mean(losses, step)  # never checkpoint weights a non-finite loss updated
             checkpoint(step)
     bar.close()
     if main_process:

@@ -113,8 +113,9 @@ def test_bad_observations_raise_clear_errors():
 def test_absurd_observation_empty_batch_and_changing_batch_size_raise():
     agent = DiffusionAgent(tiny_policy())
     huge = np.full((1, OBS_DIM), 1e38, np.float32)
-    with pytest.raises(ValueError, match="non-finite actions for env"):
+    with pytest.raises(ValueError, match="far outside the training data's range"):
         agent.predict(huge, episode_start=np.array([True]))
+    agent.predict(np.full((1, OBS_DIM), 600.0, np.float32), episode_start=np.array([True]))  # a little outside: planned
     with pytest.raises(ValueError, match="batch is empty"):
         agent.predict(np.zeros((0, OBS_DIM), np.float32))
     agent = DiffusionAgent(tiny_policy())
