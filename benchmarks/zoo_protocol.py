@@ -56,7 +56,7 @@ RECIPES: dict[str, dict] = {
     "pusht_keypoints/diffusion": dict(
         train="--task pusht_keypoints --policy diffusion --model-size small --steps 16000 --batch-size 64 --lr 1e-4 "
               "--warmup-steps 500 --checkpoint-every 1000 --keep-every 4000 --val-every 2000 --log-every 200 --num-threads 1",
-        seeds=[0], benchmark_args=DDIM10, data=PUSHT_ZARR,  # one seed: 16000 steps take ~1 h on the shared CPU
+        seeds=[0], benchmark_args=DDIM10, data=PUSHT_ZARR,  # one seed: 16000 steps take 50-60 min on this CPU
         summary="Diffusion Policy (UNet small, 4.56 M parameters, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 9 block "
                 "keypoints + agent position; DDIM-10 sampling."),
     "pusht_keypoints/bc": dict(
