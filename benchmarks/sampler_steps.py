@@ -35,9 +35,11 @@ def main() -> None:
     for sampler, steps in settings:
         sub = out / f"{sampler}{steps}"
         if not (sub / "results.json").is_file():  # a finished setting is read back, so a killed run resumes
-            benchmark.main(["--task", a.task, "--policy", f"{sampler}{steps}={a.policy}", "--sampler", sampler,
-                            "--num-inference-steps", str(steps), "--seeds", a.seeds, "--n-envs", str(a.n_envs),
-                            "--videos", "0", "--latency-repeats", "10", "--num-threads", str(a.num_threads), "--out-dir", str(sub)])
+            rc = benchmark.main(["--task", a.task, "--policy", f"{sampler}{steps}={a.policy}", "--sampler", sampler,
+                                 "--num-inference-steps", str(steps), "--seeds", a.seeds, "--n-envs", str(a.n_envs),
+                                 "--videos", "0", "--latency-repeats", "10", "--num-threads", str(a.num_threads), "--out-dir", str(sub)])
+            if rc:
+                raise SystemExit(f"the benchmark of {sampler}-{steps} failed (exit status {rc}, see above)")
         r = next(iter(json.loads((sub / "results.json").read_text())["results"].values()))
         rows.append({"sampler": sampler, "steps": steps, "mean_max_reward": r["mean_max_reward"], "success_rate": r["success_rate"],
                      "success_ci95": r["success_ci95"], "predict_latency_ms_median": r["predict_latency_ms_median"],

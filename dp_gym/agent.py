@@ -20,6 +20,10 @@ from dp_gym.checkpoint import load_policy, save_policy
 ObsType = Any  # np.ndarray | dict[str, np.ndarray]
 
 
+# Largest |normalised observation| the agent plans from; the training data spans [-1, 1].
+OBS_RANGE_LIMIT = 1e4
+
+
 class DiffusionAgent:
     """SB3-compatible agent for diffusion policies (and every other dp_gym policy: BC, IBC).
 
@@ -63,6 +67,11 @@ class DiffusionAgent:
         self._replans: list[int] = []
         self._noise_keys: list[int] = []
         self.n_replans = 0  # total chunks sampled (for latency statistics)
+        # The sampling accelerator of the latest chunk (its active_mode / fallback_reason say how
+        # it ran). Unless accelerate() set one, it is built per sampler setting in the default
+        # mode (ONNX Runtime on CPU; $DP_GYM_ACCELERATE overrides it).
+        self.accelerator = None
+        self._default_accelerators: dict[tuple, Any] = {}
 
     # --- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -91,9 +100,10 @@ class DiffusionAgent:
 
     def accelerate(self, mode: str = "cuda_graph", autocast: str = "no"):
         """Run the diffusion policy's denoising loop compiled (``"compile"``), captured as one
-        CUDA graph (``"cuda_graph"``) or plain (``"eager"``), optionally under ``autocast``
-        ("bf16" | "fp16"), for the sampler in :attr:`sample_kwargs` (set those first). Falls back
-        to eager when the mode is unavailable; returns the
+        CUDA graph (``"cuda_graph"``), in ONNX Runtime (``"onnx"``, the CPU default) or plain
+        (``"eager"``), optionally under ``autocast`` ("bf16" | "fp16"), for the sampler in
+        :attr:`sample_kwargs` (set those first). Falls back to eager when the mode is
+        unavailable; returns the
         :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator` (see its
         ``active_mode`` / ``fallback_reason``)."""
         from dp_gym.policies.diffusion.accelerate import SamplingAccelerator
@@ -104,6 +114,20 @@ class DiffusionAgent:
                                   self.sample_kwargs.get("num_inference_steps"))
         self.policy.accelerator = acc
         return acc
+
+    def _sampling_accelerator(self):
+        """The accelerator for the next chunk: the policy's own (set by :meth:`accelerate`), else
+        one in the default mode for the current sampler settings, built once per setting."""
+        if getattr(self.policy, "accelerator", None) is not None:
+            return self.policy.accelerator
+        from dp_gym.policies.diffusion.accelerate import SamplingAccelerator, default_mode
+
+        sampler = self.sample_kwargs.get("sampler") or self.config.sampler
+        steps = self.sample_kwargs.get("num_inference_steps") or self.config.num_inference_steps
+        key = (sampler, steps, default_mode(self.device))
+        if key not in self._default_accelerators:
+            self._default_accelerators[key] = SamplingAccelerator(self.policy, key[2], "no", sampler, steps)
+        return self._default_accelerators[key]
 
     # --- observation handling -------------------------------------------------------------
     def _as_dict(self, observation: ObsType) -> dict[str, np.ndarray]:
@@ -179,12 +203,20 @@ class DiffusionAgent:
         """
         obs, batched = self._split(observation)
         n_envs = next(iter(obs.values())).shape[0]
-        if len(self._queues) != n_envs:
-            self.reset(n_envs)
+        if n_envs == 0:
+            raise ValueError("observation batch is empty (n_envs = 0); pass one observation or a batch of at least one")
+        starts = None
         if episode_start is not None:
             starts = np.asarray(episode_start, dtype=bool).reshape(-1)
             if starts.shape[0] != n_envs:
                 raise ValueError(f"episode_start has {starts.shape[0]} entries for {n_envs} envs")
+        if len(self._queues) != n_envs:
+            if self._queues and not (starts is not None and starts.all()):
+                raise ValueError(
+                    f"the batch has {n_envs} envs but the agent tracks {len(self._queues)}; a new number of envs "
+                    "starts new episodes everywhere: pass episode_start all true, or call agent.reset(n_envs) first")
+            self.reset(n_envs)
+        if starts is not None:
             for i in np.flatnonzero(starts):
                 self._histories[i].clear()
                 self._queues[i].clear()
@@ -216,6 +248,7 @@ class DiffusionAgent:
         else:
             stacked = {k: np.stack([np.stack([f[k] for f in self._histories[i]]) for i in env_ids]) for k in self.obs_shapes}
         batch = {k: self._to_tensor(v, keep_dtype=k in self._image_keys) for k, v in stacked.items()}
+        self._check_range(batch, env_ids)
         # noise_scale scales the draws, it does not change how many the policy consumes
         shape_kwargs = {k: v for k, v in self.sample_kwargs.items() if k != "noise_scale"}
         shape = self.policy.noise_shape(**shape_kwargs) if hasattr(self.policy, "noise_shape") else None
@@ -229,12 +262,33 @@ class DiffusionAgent:
                     gens.append(self._generator)
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
             kwargs["noise"] = noise.to(self.device)
+        if hasattr(self.policy, "denoiser"):
+            self.accelerator = kwargs["accelerator"] = self._sampling_accelerator()
         for i in env_ids:
             self._replans[i] += 1
         self.n_replans += 1
         with torch.inference_mode():
-            chunk = self.policy.predict_chunk(batch, **kwargs)
-        return chunk.float().cpu().numpy()
+            chunk = self.policy.predict_chunk(batch, **kwargs).float().cpu().numpy()
+        bad = ~np.isfinite(chunk).reshape(len(env_ids), -1).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"the policy produced non-finite actions for env(s) {[env_ids[j] for j in np.flatnonzero(bad)]}: their "
+                "observations are finite but too far outside the training data's range for the network "
+                f"(largest magnitude per key: { {k: float(np.abs(v[bad].astype(np.float64)).max()) for k, v in stacked.items()} })")
+        return chunk
+
+    def _check_range(self, batch: dict[str, torch.Tensor], env_ids: list[int]) -> None:
+        """Refuse low-dim observations absurdly far outside the training data: float32 networks
+        overflow on them, and ONNX Runtime's clip turns the resulting NaN into finite but
+        meaningless actions, so the output check alone cannot catch them."""
+        for key, normalizer in getattr(self.policy, "obs_normalizers", {}).items():
+            z = normalizer.normalize(batch[key].float()).abs().flatten(1).amax(1)
+            far = ~(z <= OBS_RANGE_LIMIT)  # NaN-safe
+            if far.any():
+                raise ValueError(
+                    f"observation {key!r} of env(s) {[env_ids[j] for j in torch.nonzero(far).flatten().tolist()]} is "
+                    f"{float(z.max()):.3g} normalised units from the centre, far outside the training data's range "
+                    f"(the data spans [-1, 1]; values beyond ±{OBS_RANGE_LIMIT:g} are refused)")
 
     def _to_tensor(self, x: np.ndarray, keep_dtype: bool = False) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

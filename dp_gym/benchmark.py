@@ -14,54 +14,89 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import platform
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dp_gym.agent import DiffusionAgent
 from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
-from dp_gym.tasks import Task, get_task
-from dp_gym.utils.cli import command_line
+from dp_gym.tasks import Task, get_task, task_names
+from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
 
 
 @dataclass
 class BenchmarkConfig:
-    task: str = "pusht_keypoints"
-    policies: list[str] = field(default_factory=list)  # "name=checkpoint_dir" (or just the path)
-    seeds: str = "100000:100050"  # "start:stop" or comma-separated list
-    n_envs: int = 10
-    vector: str = "sync"  # sync | async
-    device: str = "cpu"
-    sampler: str | None = None  # override the checkpoint's sampler: ddpm | ddim
-    num_inference_steps: int | None = None
-    # diffusion only: execute this many actions of each sampled chunk before re-planning (Ta),
-    # instead of the checkpoint's; the predicted horizon must cover To - 1 + Ta.
-    n_action_steps: int | None = None
-    # diffusion only: multiply the sampler's Gaussian draws by this (a temperature; 1 = as trained,
-    # 0 = DDIM from x_T = 0 / DDPM without per-step noise). None leaves sampling as it is.
-    noise_scale: float | None = None
-    accelerate: str = "eager"  # diffusion only: eager | compile | cuda_graph (see DiffusionAgent.accelerate)
-    autocast: str = "no"  # diffusion only: no | bf16 | fp16
-    deterministic: bool = True
-    videos: int = 3  # record the first N episodes per policy
-    latency_repeats: int = 20
-    out_dir: str = "benchmarks/results/latest"
-    data_dir: str | None = None
-    num_threads: int = 0
+    """Every benchmark option; each field is a command-line flag (``--field-name``)."""
+
+    task: str = option("pusht_keypoints", "task to evaluate on", choices=task_names)
+    policies: list[str] = option([], "NAME=CHECKPOINT_DIR or NAME=zoo:<task>/<policy> (repeatable)", flag="--policy",
+                                 metavar="NAME=CHECKPOINT")
+    seeds: str = option("100000:100050", "episode seeds, start:stop or a comma list: the paper's test seeds unless "
+                        "given (with --suite: the suite's)")
+    n_envs: int = option(10, "episodes run in parallel (vector env size)")
+    vector: str = option("sync", "vector env: in-process or one process per env", choices=("sync", "async"))
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    sampler: str | None = option(None, "diffusion only: sampler instead of the checkpoint's", choices=("ddpm", "ddim"))
+    num_inference_steps: int | None = option(None, "diffusion only: denoising steps instead of the checkpoint's")
+    n_action_steps: int | None = option(None, "diffusion only: actions executed per sampled chunk (Ta) instead of the "
+                                        "checkpoint's; the horizon must cover To - 1 + Ta")
+    noise_scale: float | None = option(None, "diffusion only: scale the sampling noise (temperature; 1 = as trained, "
+                                       "0 = DDIM from x_T = 0 / DDPM without per-step noise)")
+    accelerate: str = option("auto", "diffusion only: how the denoising loop runs; auto: the agent's default "
+                             "(ONNX Runtime on CPU); falls back to eager with the reason",
+                             choices=("auto", "eager", "compile", "cuda_graph", "onnx"))
+    autocast: str = option("no", "diffusion only: autocast dtype", choices=("no", "bf16", "fp16"))
+    deterministic: bool = option(True, "reproducible sampling noise (per seed)", invert="--stochastic")
+    videos: int = option(3, "record videos of the first N episodes per policy")
+    latency_repeats: int = option(20, "repeats of the batch-1 predict latency measurement; 0: skip it")
+    out_dir: str = option("benchmarks/results/latest", "results folder; with --suite unless given: benchmarks/results/suite_NAME")
+    data_dir: str | None = option(None, "dataset folder; unset: $DP_GYM_DATA_DIR, else ./data")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks")
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_envs", 1), ("videos", 0), ("latency_repeats", 0), ("num_threads", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("num_inference_steps", "n_action_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.noise_scale is not None and not (math.isfinite(self.noise_scale) and self.noise_scale >= 0):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {self.noise_scale}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device} requested but CUDA is not available")
+        parse_seeds(self.seeds)  # refuse an empty or malformed seed range now, not after loading policies
 
 
 def parse_seeds(spec: str) -> list[int]:
-    if ":" in spec:
-        a, b = spec.split(":")
-        return list(range(int(a), int(b)))
-    return [int(s) for s in spec.split(",") if s.strip()]
+    """``"start:stop"`` (stop excluded) or a comma list; an empty or malformed spec raises
+    ``ValueError``.
+
+    Example:
+        >>> parse_seeds("5:8"), parse_seeds("1,4")
+        ([5, 6, 7], [1, 4])
+    """
+    try:
+        if ":" in spec:
+            a, b = spec.split(":")
+            seeds = list(range(int(a), int(b)))
+        else:
+            seeds = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"seeds must be 'start:stop' or a comma list of integers, got {spec!r}") from None
+    if not seeds:
+        raise ValueError(f"seeds {spec!r} select no episode (start:stop needs start < stop)")
+    return seeds
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -101,18 +136,20 @@ def p_k_columns(results: dict[str, dict]) -> list[str]:
     return sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
 
 
+def timed_s(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time (s) of one call of ``fn``, synchronising CUDA around it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall time (ms) of ``fn`` after ``warmup`` calls, synchronising CUDA around each call."""
-    times = []
-    for r in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if r >= warmup:
-            times.append(time.perf_counter() - t0)
+    times = [timed_s(fn, device) for _ in range(warmup + repeats)][warmup:]
     return 1000 * float(np.median(times))
 
 
@@ -131,20 +168,87 @@ def _index(obs: Any, i: int) -> Any:
     return {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
 
 
+class EnvCrash(RuntimeError):
+    """An exception raised by the vector env itself (a dead async worker's ``EOFError``, a
+    simulator error), as opposed to one from the agent."""
+
+
+def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        raise EnvCrash(f"{type(e).__name__}: {e}") from e
+
+
+def _close_quietly(env: gym.vector.VectorEnv) -> None:
+    try:
+        env.close(terminate=True) if isinstance(env, gym.vector.AsyncVectorEnv) else env.close()
+    except Exception:  # a crashed env may fail to close; its workers are gone or terminated
+        pass
+
+
 def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
-            deterministic: bool = True, video_episodes: int = 0) -> dict[str, Any]:
-    """Run one episode per seed, ``n_envs`` at a time; an env that finishes starts the next seed."""
+            deterministic: bool = True, video_episodes: int = 0, on_episode: Callable[[int, dict], None] | None = None,
+            retries: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Run one episode per seed, ``n_envs`` at a time; an env that finishes starts the next seed.
+
+    ``on_episode(i, record)`` is called as episode ``i`` (of ``seeds``) finishes, with its record
+    (``seed``, ``max_reward``, ``success``, ``length``, and ``count`` for tasks with a count
+    metric). If the vector env crashes (:class:`EnvCrash`), it is rebuilt and the episodes that
+    were running are run again, one at a time, up to ``retries`` times each; after that an
+    episode's record holds ``error`` instead of results and the other episodes go on.
+    ``progress`` shows a bar over episodes. Returns per-episode arrays over ``seeds`` (errored
+    episodes: 0 / False) and ``records`` (one per seed)."""
     n_envs = max(1, min(n_envs, len(seeds)))
-    env = make_vector_env(task, n_envs, vector, render=video_episodes > 0)
-    pending = list(enumerate(seeds))
-    slot: list[tuple[int, int] | None] = [None] * n_envs  # (episode index, seed) per env
-    max_reward = np.zeros(len(seeds))
-    success = np.zeros(len(seeds), dtype=bool)
-    length = np.zeros(len(seeds), dtype=int)
-    count = np.zeros(len(seeds), dtype=int)  # episode max of info[task.count_info_key], if the task has one
-    count_key = task.count_info_key
+    records: list[dict | None] = [None] * len(seeds)
+    attempts = [0] * len(seeds)
     frames: dict[int, list[np.ndarray]] = {}
     chunk_times: list[float] = []
+    bar = tqdm(total=len(seeds), desc=f"{task.name} episodes", unit="ep", disable=not progress, dynamic_ncols=True, leave=False)
+
+    def finish(ep: int, record: dict) -> None:
+        records[ep] = record
+        bar.update(1)
+        if on_episode is not None:
+            on_episode(ep, record)
+
+    while any(r is None for r in records):
+        # Episodes that were running when the env crashed are retried one at a time (in a one-env
+        # vector), so an episode that crashes it again does not take its batch-mates down with it.
+        retry = [ep for ep, r in enumerate(records) if r is None and attempts[ep]]
+        todo = retry[:1] or [ep for ep, r in enumerate(records) if r is None]
+        in_flight: set[int] = set()
+        try:
+            _rollout_pass(agent, task, seeds, todo, 1 if retry else min(n_envs, len(todo)), vector, deterministic,
+                          video_episodes, frames, chunk_times, finish, in_flight)
+        except EnvCrash as crash:
+            for ep in sorted(in_flight):
+                frames.pop(ep, None)
+                attempts[ep] += 1
+                if attempts[ep] > retries:
+                    tqdm.write(f"episode seed {seeds[ep]}: the env crashed {attempts[ep]} times ({crash}); recorded as errored")
+                    finish(ep, {"seed": seeds[ep], "error": str(crash)})
+    bar.close()
+    ok = [r if "error" not in r else {} for r in records]  # type: ignore[operator]
+    out = {"max_reward": np.array([r.get("max_reward", 0.0) for r in ok]),
+           "success": np.array([r.get("success", False) for r in ok], dtype=bool),
+           "length": np.array([r.get("length", 0) for r in ok], dtype=int),
+           "frames": frames, "chunk_times": chunk_times, "records": records}
+    if task.count_info_key:
+        out["count"] = np.array([r.get("count", 0) for r in ok], dtype=int)
+    return out
+
+
+def _rollout_pass(agent: DiffusionAgent, task: Task, seeds: list[int], todo: list[int], n_envs: int, vector: str,
+                  deterministic: bool, video_episodes: int, frames: dict[int, list[np.ndarray]], chunk_times: list[float],
+                  finish: Callable[[int, dict], None], in_flight: set[int]) -> None:
+    """Run the episodes ``todo`` (indices into ``seeds``) on one vector env; raises EnvCrash, with
+    the episodes then running in ``in_flight``."""
+    env = _env_call(make_vector_env, task, n_envs, vector, render=any(ep < video_episodes for ep in todo))
+    pending = list(todo)
+    slot: list[int | None] = [None] * n_envs  # episode index per env
+    stats = [dict() for _ in range(n_envs)]
+    count_key = task.count_info_key
 
     def start(mask: np.ndarray) -> Any:
         # With autoreset disabled a finished env must be reset before the next step, so envs
@@ -152,63 +256,73 @@ def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 1
         seeds_now = [None] * n_envs
         for i in np.flatnonzero(mask):
             if pending:
-                ep, seed = pending.pop(0)
-                slot[i] = (ep, seed)
-                seeds_now[i] = seed
-                agent.set_noise_key(i, seed)
+                ep = pending.pop(0)
+                slot[i], seeds_now[i] = ep, seeds[ep]
+                stats[i] = {"seed": seeds[ep], "max_reward": 0.0, "success": False, "length": 0}
+                if count_key:
+                    stats[i]["count"] = 0
+                in_flight.add(ep)
+                agent.set_noise_key(i, seeds[ep])
             else:
                 slot[i] = None
                 active[i] = False
         if mask.all():
-            return env.reset(seed=seeds_now)
-        return env.reset(seed=seeds_now, options={"reset_mask": mask})
+            return _env_call(env.reset, seed=seeds_now)
+        return _env_call(env.reset, seed=seeds_now, options={"reset_mask": mask})
 
     def grab_frames() -> None:
-        live = [i for i in range(n_envs) if slot[i] is not None and slot[i][0] < video_episodes]
+        live = [i for i in range(n_envs) if slot[i] is not None and slot[i] < video_episodes]
         if not live:
             return
-        imgs = [env.envs[i].render() for i in live] if isinstance(env, gym.vector.SyncVectorEnv) else [env.call("render")[i] for i in live]
+        if isinstance(env, gym.vector.SyncVectorEnv):
+            imgs = [env.envs[i].render() for i in live]
+        else:
+            rendered = _env_call(env.call, "render")
+            imgs = [rendered[i] for i in live]
         for i, img in zip(live, imgs):
-            frames.setdefault(slot[i][0], []).append(img)
+            frames.setdefault(slot[i], []).append(img)
 
-    active = np.ones(n_envs, dtype=bool)
-    agent.reset(n_envs)
-    obs, info = start(np.ones(n_envs, dtype=bool))
-    episode_start = np.ones(n_envs, dtype=bool)
-    grab_frames()
-    while active.any():
-        n_before = agent.n_replans
-        t0 = time.perf_counter()
-        actions, _ = agent.predict(obs, episode_start=episode_start, deterministic=deterministic)
-        if agent.n_replans != n_before:
-            chunk_times.append(time.perf_counter() - t0)
-        # Idle envs (no seed left) are stepped with the policy's own action and their results
-        # ignored: a zero action is not valid in every action space (absolute rot6d poses).
-        actions = np.asarray(actions, dtype=np.float32)
-        obs, reward, terminated, truncated, info = env.step(actions)
+    try:
+        active = np.ones(n_envs, dtype=bool)
+        agent.reset(n_envs)
+        obs, info = start(np.ones(n_envs, dtype=bool))
+        episode_start = np.ones(n_envs, dtype=bool)
         grab_frames()
-        episode_start[:] = False
-        finished = terminated | truncated  # idle envs can finish too and must then be reset
-        for i in range(n_envs):
-            if not active[i]:
-                continue
-            ep = slot[i][0]
-            max_reward[ep] = max(max_reward[ep], float(reward[i]))
-            length[ep] += 1
-            if bool(info["is_success"][i]):
-                success[ep] = True
-            if count_key:
-                if count_key not in info:
-                    raise KeyError(f"task {task.name!r} counts info[{count_key!r}] but the env's info has keys {sorted(info)}")
-                count[ep] = max(count[ep], int(info[count_key][i]))
-        if finished.any():
-            obs, _ = start(finished)  # with reset_mask, the other envs keep their current observation
-            episode_start = finished.copy()
-    env.close()
-    out = {"max_reward": max_reward, "success": success, "length": length, "frames": frames, "chunk_times": chunk_times}
-    if count_key:
-        out["count"] = count
-    return out
+        while active.any():
+            n_before = agent.n_replans
+            t0 = time.perf_counter()
+            actions, _ = agent.predict(obs, episode_start=episode_start, deterministic=deterministic)
+            if agent.n_replans != n_before:
+                chunk_times.append(time.perf_counter() - t0)
+            # Idle envs (no seed left) are stepped with the policy's own action and their results
+            # ignored: a zero action is not valid in every action space (absolute rot6d poses).
+            actions = np.asarray(actions, dtype=np.float32)
+            obs, reward, terminated, truncated, info = _env_call(env.step, actions)
+            grab_frames()
+            episode_start[:] = False
+            finished = terminated | truncated  # idle envs can finish too and must then be reset
+            for i in range(n_envs):
+                if not active[i]:
+                    continue
+                st = stats[i]
+                st["max_reward"] = max(st["max_reward"], float(reward[i]))
+                st["length"] += 1
+                if bool(info["is_success"][i]):
+                    st["success"] = True
+                if count_key:
+                    if count_key not in info:
+                        raise KeyError(f"task {task.name!r} counts info[{count_key!r}] but the env's info has keys {sorted(info)}")
+                    st["count"] = max(st["count"], int(info[count_key][i]))
+                if finished[i]:
+                    in_flight.discard(slot[i])
+                    finish(slot[i], dict(st))
+            if finished.any():
+                obs, _ = start(finished)  # with reset_mask, the other envs keep their current observation
+                episode_start = finished.copy()
+    except EnvCrash:
+        _close_quietly(env)
+        raise
+    _close_quietly(env)
 
 
 def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
@@ -222,29 +336,52 @@ def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup
 
 
 def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
-                   deterministic: bool = True, video_episodes: int = 0, latency_repeats: int = 20) -> dict[str, Any]:
+                   deterministic: bool = True, video_episodes: int = 0, latency_repeats: int = 20,
+                   done: dict[int, dict] | None = None, on_episode: Callable[[dict], None] | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Score ``agent`` on one episode per seed (see :func:`rollout`).
+
+    ``done``: records of episodes already run, by seed (a resumed benchmark's ``episodes.jsonl``);
+    only the other seeds run, and the results cover all of them. ``on_episode(record)`` is called
+    as each new episode finishes. Errored episodes (a crashed env, after its retry) are listed in
+    ``errors`` and left out of the metrics."""
+    done = {s: r for s, r in (done or {}).items() if s in seeds}
+    todo = [s for s in seeds if s not in done]
     t0 = time.perf_counter()
-    r = rollout(agent, task, seeds, n_envs, vector, deterministic, video_episodes)
+    r = rollout(agent, task, todo, n_envs, vector, deterministic,
+                video_episodes=sum(1 for s in seeds[:video_episodes] if s not in done),
+                on_episode=(lambda i, rec: on_episode(rec)) if on_episode else None, progress=progress) if todo else \
+        {"records": [], "frames": {}, "chunk_times": []}
     wall = time.perf_counter() - t0
-    n, k = len(seeds), int(r["success"].sum())
+    new = dict(zip(todo, r["records"]))
+    records = [done.get(s) or new[s] for s in seeds]
+    ok = [rec for rec in records if "error" not in rec]
+    n, k = len(ok), sum(bool(rec["success"]) for rec in ok)
+    max_reward = np.array([rec["max_reward"] for rec in ok], dtype=float)
     lo, hi = wilson_interval(k, n)
     res = {
         "task": task.name,
         "episodes": n,
         "seeds": seeds,
-        "mean_max_reward": float(r["max_reward"].mean()),
-        "max_reward_std": float(r["max_reward"].std()),
-        "success_rate": k / n,
+        "mean_max_reward": float(max_reward.mean()) if n else float("nan"),
+        "max_reward_std": float(max_reward.std()) if n else float("nan"),
+        "success_rate": k / n if n else float("nan"),
         "success_ci95": [lo, hi],
-        "mean_episode_length": float(r["length"].mean()),
-        "per_episode": {"max_reward": r["max_reward"].round(4).tolist(), "success": r["success"].tolist(), "length": r["length"].tolist()},
+        "mean_episode_length": float(np.mean([rec["length"] for rec in ok])) if n else float("nan"),
+        "per_episode": {"max_reward": [None if "error" in rec else round(float(rec["max_reward"]), 4) for rec in records],
+                        "success": [None if "error" in rec else bool(rec["success"]) for rec in records],
+                        "length": [None if "error" in rec else int(rec["length"]) for rec in records]},
         "rollout_chunk_ms_median": 1000 * float(np.median(r["chunk_times"])) if r["chunk_times"] else None,
         "rollout_wall_s": wall,
-        "frames": r["frames"],
+        "frames": {seeds.index(todo[i]): fr for i, fr in r["frames"].items()},
     }
-    if "count" in r:
-        res.update(p_k_metrics(r["count"], task.count_max))
-        res["per_episode"]["completed"] = r["count"].tolist()
+    if len(ok) < len(records):
+        res["errored_episodes"] = len(records) - len(ok)
+        res["errors"] = [{"seed": rec["seed"], "error": rec["error"]} for rec in records if "error" in rec]
+    if task.count_info_key:
+        if n:
+            res.update(p_k_metrics([rec["count"] for rec in ok], task.count_max))
+        res["per_episode"]["completed"] = [None if "error" in rec else int(rec["count"]) for rec in records]
     if latency_repeats:
         res["predict_latency_ms_median"] = measure_latency(agent, task, latency_repeats)
     return res
@@ -312,6 +449,9 @@ def markdown_table(results: dict[str, dict]) -> str:
     lines = [f"| policy | episodes | {score_head} | success rate (95% CI) | mean ep. length | predict ms/chunk (batch 1) | rollout ms/chunk (batched) |",
              "|---|---|" + "---|" * (len(pk) + 1 if pk else 1) + "---|---|---|---|"]
     for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | failed: {r['error'].replace('|', '/')} |")
+            continue
         lat = r.get("predict_latency_ms_median")
         roll = r.get("rollout_chunk_ms_median")
         score = " | ".join([f"{r.get(k, float('nan')):.2f}" for k in pk] + [f"{r.get('mean_completed', float('nan')):.2f}"]) if pk else f"{r['mean_max_reward']:.3f}"
@@ -335,106 +475,152 @@ def with_action_horizon(policy: torch.nn.Module, n_action_steps: int) -> Any:
     return dataclasses.replace(policy.config, n_action_steps=n_action_steps)
 
 
+# Options whose change alters every episode: a --resume must repeat them.
+RESUME_FIXED = ("task", "device", "sampler", "num_inference_steps", "n_action_steps", "noise_scale", "accelerate",
+                "autocast", "deterministic")
+
+
+def load_episode_log(path: Path) -> dict[tuple[str, str], dict[int, dict]]:
+    """Finished episodes from ``episodes.jsonl``: ``(policy, checkpoint) → {seed: record}``. Errored
+    episodes are left out (a resumed run tries them again); a line torn by a kill is ignored."""
+    done: dict[tuple[str, str], dict[int, dict]] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # the last line of a killed run can be incomplete
+        if isinstance(rec, dict) and "error" not in rec and {"policy", "checkpoint", "seed"} <= rec.keys():
+            done.setdefault((rec.pop("policy"), rec.pop("checkpoint")), {})[int(rec["seed"])] = rec
+    return done
+
+
+def _policy_name(spec: str) -> tuple[str, str]:
+    name, _, path = spec.rpartition("=")
+    return name or Path(path).parent.parent.name or Path(path).name, path
+
+
+def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds: list[int], out: Path,
+                  done: dict[int, dict], log: Any) -> dict[str, Any]:
+    policy, meta = load_policy(path, cfg.device)
+    if meta.get("task") not in (None, cfg.task):
+        print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
+    if cfg.n_action_steps is not None:
+        policy.config = with_action_horizon(policy, cfg.n_action_steps)
+    if cfg.noise_scale is not None and policy.policy_type != "diffusion":
+        raise ValueError(f"--noise-scale applies to diffusion policies only; {name} is a {policy.policy_type!r} policy")
+    agent = DiffusionAgent(policy, device=cfg.device)
+    if policy.policy_type == "diffusion":
+        if cfg.sampler:
+            agent.sample_kwargs["sampler"] = cfg.sampler
+        if cfg.num_inference_steps:
+            agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+        if cfg.noise_scale is not None:
+            agent.sample_kwargs["noise_scale"] = cfg.noise_scale
+        if cfg.accelerate != "auto" or cfg.autocast != "no":
+            from dp_gym.policies.diffusion.accelerate import default_mode
+
+            acc = agent.accelerate(default_mode(cfg.device) if cfg.accelerate == "auto" else cfg.accelerate, cfg.autocast)
+            print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
+                  + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
+    elif cfg.sampler or cfg.num_inference_steps:
+        print(f"[{name}] note: --sampler / --num-inference-steps apply to diffusion policies only; ignored for {policy.policy_type!r}")
+    n_done = sum(s in done for s in seeds)
+    print(f"[{name}] {path}: {len(seeds)} episodes" + (f" ({n_done} already done)" if n_done else "")
+          + f", {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
+
+    def record(rec: dict) -> None:
+        log.write(json.dumps({"policy": name, "checkpoint": path, **rec}) + "\n")
+        log.flush()
+
+    res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats,
+                         done=done, on_episode=record, progress=True)
+    if agent.accelerator is not None:  # how the chunks (and the latency) were computed
+        res["sampling_mode"] = {"active": agent.accelerator.active_mode, "fallback_reason": agent.accelerator.fallback_reason}
+    frames = res.pop("frames")
+    fps = int(task.make_env().metadata.get("render_fps", 10))
+    for ep, fr in sorted(frames.items()):
+        write_video(out / f"{name}_seed{seeds[ep]}.mp4", fr, fps)
+    # videos of the first episodes: written now, or by the run a --resume continues
+    res["videos"] = [f"{name}_seed{s}.mp4" for s in seeds[:cfg.videos] if (out / f"{name}_seed{s}.mp4").is_file()]
+    res.update(checkpoint=str(path), train_step=meta.get("train_step"),
+               sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
+               num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
+               n_action_steps=policy.config.n_action_steps,
+               noise_scale=agent.sample_kwargs.get("noise_scale", 1.0) if policy.policy_type == "diffusion" else None)
+    pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
+    errs = f", {res['errored_episodes']} errored" if res.get("errored_episodes") else ""
+    print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} "
+          f"[{res['success_ci95'][0]:.2f}, {res['success_ci95'][1]:.2f}]{errs}")
+    return res
+
+
 def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
-    """Evaluate every policy of ``cfg``; ``command`` (the CLI line) is recorded in ``results.json``."""
+    """Evaluate every policy of ``cfg``; ``command`` (the CLI line) is recorded in ``results.json``.
+
+    Each finished episode is appended to ``<out>/episodes.jsonl``; with ``cfg.resume`` the episodes
+    found there are kept and only the missing ones run. A policy that fails (bad checkpoint, ...)
+    gets ``{"error": ...}`` in the results and the others still run."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if not cfg.policies:
         raise ValueError("give at least one --policy NAME=CHECKPOINT")
     task = get_task(cfg.task)
     seeds = parse_seeds(cfg.seeds)
+    specs = [_policy_name(spec) for spec in cfg.policies]
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"policy names must be unique, got {names}")
     out = Path(cfg.out_dir)
+    config_file, log_path = out / "benchmark_config.json", out / "episodes.jsonl"
+    done: dict[tuple[str, str], dict[int, dict]] = {}
+    if cfg.resume and config_file.exists():
+        saved = json.loads(config_file.read_text())
+        diffs = [f"--{k.replace('_', '-')}: saved {saved.get(k)!r}, now {getattr(cfg, k)!r}"
+                 for k in RESUME_FIXED if saved.get(k) != getattr(cfg, k)]
+        if diffs:
+            raise ValueError(f"--resume in {out} with options that change the episodes ({'; '.join(diffs)}); "
+                             "repeat them or use a new --out-dir")
+        done = load_episode_log(log_path)
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config_file, dataclasses.asdict(cfg))
+    if not cfg.resume:
+        atomic_write_bytes(log_path, b"")
+    elif log_path.exists() and not log_path.read_bytes().endswith(b"\n"):  # a line torn by a kill: drop it
+        text = log_path.read_bytes()
+        atomic_write_bytes(log_path, text[: text.rfind(b"\n") + 1])
     results: dict[str, dict] = {}
-    for spec in cfg.policies:
-        name, _, path = spec.rpartition("=")
-        name = name or Path(path).parent.parent.name or Path(path).name
-        policy, meta = load_policy(path, cfg.device)
-        if meta.get("task") not in (None, cfg.task):
-            print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
-        if cfg.n_action_steps is not None:
-            policy.config = with_action_horizon(policy, cfg.n_action_steps)
-        if cfg.noise_scale is not None and policy.policy_type != "diffusion":
-            raise ValueError(f"--noise-scale applies to diffusion policies only; {name} is a {policy.policy_type!r} policy")
-        agent = DiffusionAgent(policy, device=cfg.device)
-        if policy.policy_type == "diffusion":
-            if cfg.sampler:
-                agent.sample_kwargs["sampler"] = cfg.sampler
-            if cfg.num_inference_steps:
-                agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
-            if cfg.noise_scale is not None:
-                agent.sample_kwargs["noise_scale"] = cfg.noise_scale
-            if cfg.accelerate != "eager" or cfg.autocast != "no":
-                acc = agent.accelerate(cfg.accelerate, cfg.autocast)
-                print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
-                      + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
-        elif cfg.sampler or cfg.num_inference_steps:
-            print(f"[{name}] note: --sampler / --num-inference-steps apply to diffusion policies only; ignored for {policy.policy_type!r}")
-        print(f"[{name}] {path}: {len(seeds)} episodes, {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
-        res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats)
-        frames = res.pop("frames")
-        res["videos"] = []
-        fps = int(task.make_env().metadata.get("render_fps", 10))
-        for ep, fr in sorted(frames.items()):
-            vpath = out / f"{name}_seed{seeds[ep]}.mp4"
-            write_video(vpath, fr, fps)
-            res["videos"].append(vpath.name)
-        res.update(checkpoint=str(path), train_step=meta.get("train_step"),
-                   sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
-                   num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
-                   n_action_steps=policy.config.n_action_steps,
-                   noise_scale=agent.sample_kwargs.get("noise_scale", 1.0) if policy.policy_type == "diffusion" else None)
-        results[name] = res
-        pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
-        print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} {res['success_ci95']}")
+    with open(log_path, "a") as log:
+        for name, path in specs:
+            try:
+                results[name] = _evaluate_one(cfg, task, name, path, seeds, out, done.get((name, path), {}), log)
+            except Exception as e:  # one bad policy must not cost the others their results
+                results[name] = {"error": f"{type(e).__name__}: {e}", "checkpoint": path}
+                print(f"[{name}] failed: {type(e).__name__}: {e}", file=sys.stderr)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "device": cfg.device}
     atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "command": command, "machine": machine,
                                              "results": results})
     table = markdown_table(results)
     atomic_write_bytes(out / "results.md", (f"# {cfg.task}\n\n{table}\n").encode())
-    plot(results, out / "scores.png", cfg.task)
-    print(table)
+    if any("error" not in r for r in results.values()):
+        plot({k: r for k, r in results.items() if "error" not in r}, out / "scores.png", cfg.task)
+    print(f"\n{table}\n\nresults: {out / 'results.json'}, {out / 'results.md'}, per episode: {log_path}")
     return results
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="pusht_keypoints")
-    p.add_argument("--policy", dest="policies", action="append", default=[], help="NAME=CHECKPOINT_DIR (repeatable)")
-    p.add_argument("--seeds", default=None, help="start:stop or a comma list (default: the paper's test seeds 100000:100050; "
-                   "with --suite, the suite's seeds)")
-    p.add_argument("--n-envs", type=int, default=10)
-    p.add_argument("--vector", default="sync", choices=["sync", "async"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None)
-    p.add_argument("--num-inference-steps", type=int, default=None)
-    p.add_argument("--n-action-steps", type=int, default=None,
-                   help="diffusion only: actions executed per sampled chunk (Ta) instead of the checkpoint's")
-    p.add_argument("--noise-scale", type=float, default=None,
-                   help="diffusion only: scale the sampling noise (temperature; 1 = as trained, 0 = noise-free)")
-    p.add_argument("--accelerate", default="eager", choices=["eager", "compile", "cuda_graph"],
-                   help="diffusion only: compile or CUDA-graph the denoising loop (eager fallback)")
-    p.add_argument("--autocast", default="no", choices=["no", "bf16", "fp16"], help="diffusion only: autocast dtype")
-    p.add_argument("--stochastic", action="store_true", help="non-reproducible sampling noise")
-    p.add_argument("--videos", type=int, default=3)
-    p.add_argument("--latency-repeats", type=int, default=20)
-    p.add_argument("--out-dir", default=None, help="results folder (default: benchmarks/results/latest; with --suite, "
-                   "benchmarks/results/suite_NAME)")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--num-threads", type=int, default=0)
+    p = build_parser_for(BenchmarkConfig, description=__doc__, prog="python -m dp_gym.benchmark")
     p.add_argument("--suite", default=None,
                    help="evaluate every entry of a suite (benchmarks/suites/NAME.json, e.g. 'zoo') instead of --task/--policy")
+    p.set_defaults(seeds=None, out_dir=None)  # unset: the config's defaults, or the suite's
     return p
 
 
 def config_from_args(a: argparse.Namespace) -> BenchmarkConfig:
-    return BenchmarkConfig(task=a.task, policies=a.policies, seeds=a.seeds or BenchmarkConfig.seeds, n_envs=a.n_envs, vector=a.vector, device=a.device,
-                          sampler=a.sampler, num_inference_steps=a.num_inference_steps,
-                          n_action_steps=a.n_action_steps, noise_scale=a.noise_scale, accelerate=a.accelerate,
-                          autocast=a.autocast, deterministic=not a.stochastic,
-                          videos=a.videos, latency_repeats=a.latency_repeats, out_dir=a.out_dir or BenchmarkConfig.out_dir, data_dir=a.data_dir,
-                          num_threads=a.num_threads)
+    a = argparse.Namespace(**{**vars(a), "seeds": a.seeds or BenchmarkConfig.seeds, "out_dir": a.out_dir or BenchmarkConfig.out_dir})
+    return config_from_namespace(BenchmarkConfig, a)
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
@@ -442,15 +628,29 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkConfig:
     return config_from_args(build_parser().parse_args(argv))
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> int:
     a = build_parser().parse_args(argv)
     if a.suite:
         from dp_gym.suite import load_suite, run_suite
 
         run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv))
-        return
-    run(config_from_args(a), command=command_line("dp_gym.benchmark", argv))
+        return 0
+    cfg = config_from_args(a)
+    missing = [path for _, path in map(_policy_name, cfg.policies)
+               if not path.startswith("zoo:") and not (Path(path) / "model.safetensors").is_file() and not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint not found: {', '.join(missing)} (a --policy needs a folder holding model.safetensors)")
+    results = run(cfg, command=command_line("dp_gym.benchmark", argv))
+    failed = [name for name, r in results.items() if "error" in r]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(results)} policies failed ({', '.join(failed)}); "
+                           f"the others' results are in {cfg.out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

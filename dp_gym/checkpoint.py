@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
@@ -41,6 +41,18 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temp_files(root: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write` calls
+    interrupted by a kill left under ``root``; call it only while no writer is active there.
+    Returns the removed paths."""
+    removed = []
+    for tmp in Path(root).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -83,19 +95,50 @@ def save_policy(policy: torch.nn.Module, directory: str | Path, extra: dict[str,
     return directory
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, of another format, an invalid embedded config,
+    or non-finite weights. The message names the file and what is wrong."""
+
+
 def load_policy(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild a policy from a checkpoint directory (or its model.safetensors), or from a model-zoo
     entry named ``zoo:<task>/<policy>`` (see :mod:`dp_gym.zoo`). Weights stored in half precision
-    load into the policy's float32 parameters."""
-    from dp_gym.policies import make_policy
+    load into the policy's float32 parameters.
+
+    The embedded config is validated (types, bounds) before anything is allocated, and every
+    floating-point tensor must be finite; otherwise :class:`CheckpointError` names the problem."""
+    from dp_gym.policies import make_policy, policy_classes
     from dp_gym.zoo import resolve
 
     directory = resolve(directory)
     file = directory if directory.suffix == ".safetensors" else directory / "model.safetensors"
-    tensors, meta = load_tensors(file, device)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{file}: unsupported checkpoint format_version {meta.get('format_version')!r} (expected {FORMAT_VERSION})")
-    policy = make_policy(meta["policy_type"], meta["policy_config"]).to(device)
-    policy.load_state_dict(tensors, strict=True)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {file} (expected a checkpoint directory holding model.safetensors)")
+    try:
+        tensors, meta = load_tensors(file, "cpu")
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # torn or foreign files
+        raise CheckpointError(f"{file}: not a readable safetensors checkpoint ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{file}: unsupported checkpoint format_version {version!r} (expected {FORMAT_VERSION})")
+    policy_type, policy_config = meta.get("policy_type"), meta.get("policy_config")
+    if policy_type not in policy_classes():
+        raise CheckpointError(f"{file}: unknown policy_type {policy_type!r}; expected one of {sorted(policy_classes())}")
+    if not isinstance(policy_config, dict):
+        raise CheckpointError(f"{file}: policy_config must be a JSON object, got {type(policy_config).__name__}")
+    config_cls = policy_classes()[policy_type][1]
+    try:
+        config = config_cls.from_dict(policy_config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: invalid policy config: {e}") from e
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{file}: non-finite (NaN or inf) values in {len(bad)} tensor(s), e.g. {bad[:3]}")
+    policy = make_policy(policy_type, config)
+    try:
+        policy.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: weights do not match the embedded config: {e}") from e
+    policy = policy.to(device)
     policy.eval()
     return policy, meta

@@ -37,7 +37,6 @@ bin empty-handed, because no demo ever shows an empty gripper above the table af
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -48,9 +47,9 @@ from typing import Any
 import numpy as np
 
 from dp_gym.checkpoint import atomic_write_json
-from dp_gym.utils.cli import command_line
+from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
-__all__ = ["EpisodeResult", "run_expert_episode", "collect", "main"]
+__all__ = ["EpisodeResult", "CollectConfig", "run_expert_episode", "collect", "main"]
 
 
 @dataclass
@@ -233,40 +232,50 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noi
                        "actions_abs": None if action_noise > 0 or drop_prob > 0 else "pos+axis_angle+gripper (world)"}}
 
 
+@dataclass
+class CollectConfig:
+    """Every ``python -m dp_gym.collect`` option; each field is a flag (``--field-name``)."""
+
+    task: str = option(help="the expert; square_loose: Square with a looser alignment test before insertion",
+                       choices=("lift", "can", "square", "square_loose"))
+    episodes: int = option(help="number of expert attempts (seeds)")
+    seed_start: int = option(0, "first seed; the episodes use seed_start .. seed_start + episodes - 1")
+    out: str | None = option(None, "HDF5 file for the successful episodes; unset: only report the success rate")
+    workers: int = option(1, "processes (spawned)")
+    cameras: str = option("", "comma-separated cameras to record, e.g. agentview,robot0_eye_in_hand")
+    image_size: int = option(84, "camera image height and width")
+    action_noise: float = option(0.0, "std of Gaussian noise added to the executed pose actions (DART); stored actions stay clean")
+    post_success_steps: int = option(0, "keep recording the expert this many steps after the first success (see the module docstring)")
+    drop_prob: float = option(0.0, "can only: fraction of episodes in which the held can is dropped and picked up again (see above)")
+    stats_json: str | None = option(None, "write the per-episode outcomes to this JSON file")
+    progress: bool = option(True, "progress bar", invert="--no-progress")
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
+        if self.workers < 1 or self.image_size < 1:
+            raise ValueError(f"--workers and --image-size must be >= 1, got {self.workers} and {self.image_size}")
+        if not (np.isfinite(self.action_noise) and self.action_noise >= 0):
+            raise ValueError(f"--action-noise must be a finite number >= 0, got {self.action_noise}")
+        if self.post_success_steps < 0:
+            raise ValueError(f"--post-success-steps must be >= 0, got {self.post_success_steps}")
+        if not (np.isfinite(self.drop_prob) and 0 <= self.drop_prob <= 1):
+            raise ValueError(f"--drop-prob must be in [0, 1], got {self.drop_prob}")
+        if self.drop_prob > 0 and self.task != "can":
+            raise ValueError(f"--drop-prob is implemented for --task can only, got {self.task}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["lift", "can", "square", "square_loose"],
-                   help="the expert; square_loose: Square with a looser alignment test before insertion")
-    p.add_argument("--episodes", type=int, required=True, help="number of expert attempts (seeds)")
-    p.add_argument("--seed-start", type=int, default=0)
-    p.add_argument("--out", type=str, default=None, help="HDF5 file for the successful episodes")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--cameras", type=str, default="", help="comma-separated cameras to record, e.g. agentview,robot0_eye_in_hand")
-    p.add_argument("--image-size", type=int, default=84)
-    p.add_argument("--action-noise", type=float, default=0.0,
-                   help="std of Gaussian noise added to the executed pose actions (DART); stored actions stay clean")
-    p.add_argument("--post-success-steps", type=int, default=0,
-                   help="keep recording the expert this many steps after the first success (see the module docstring)")
-    p.add_argument("--drop-prob", type=float, default=0.0,
-                   help="can only: fraction of episodes in which the held can is dropped and picked up again (see above)")
-    p.add_argument("--stats-json", type=str, default=None)
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    if args.episodes < 1:
-        p.error("--episodes must be >= 1")
-    if not (np.isfinite(args.action_noise) and args.action_noise >= 0):
-        p.error(f"--action-noise must be a finite number >= 0, got {args.action_noise}")
-    if args.post_success_steps < 0:
-        p.error(f"--post-success-steps must be >= 0, got {args.post_success_steps}")
-    if not (np.isfinite(args.drop_prob) and 0 <= args.drop_prob <= 1):
-        p.error(f"--drop-prob must be in [0, 1], got {args.drop_prob}")
-    if args.drop_prob > 0 and args.task != "can":
-        p.error(f"--drop-prob is implemented for --task can only, got {args.task}")
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_config(CollectConfig, argv, description=__doc__, prog="python -m dp_gym.collect")
     cameras = tuple(c for c in args.cameras.split(",") if c)
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     t0 = time.time()
     results = collect(args.task, seeds, workers=args.workers, record=args.out is not None, cameras=cameras,
-                      image_size=args.image_size, progress=not args.no_progress, action_noise=args.action_noise,
+                      image_size=args.image_size, progress=args.progress, action_noise=args.action_noise,
                       post_success_steps=args.post_success_steps, drop_prob=args.drop_prob)
     wall = time.time() - t0
     ok = [r for r in results if r.success]

@@ -35,7 +35,9 @@ def data_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_path(relative: str, override: str | os.PathLike | None = None) -> Path:
-    """Absolute path of a dataset under the data directory; raise a clear error if it is missing."""
+    """Path of a dataset under the data directory; raise a clear error if it is missing. Known
+    datasets are checked against their shipped SHA-256 manifest on first use
+    (:mod:`dp_gym.data.integrity`)."""
     root = data_dir(override)
     path = root / relative
     if not path.exists():
@@ -45,4 +47,8 @@ def dataset_path(relative: str, override: str | os.PathLike | None = None) -> Pa
             f"(data dir from {'--data-dir' if override is not None else ('$' + DATA_DIR_ENV if os.environ.get(DATA_DIR_ENV) else 'the default ./data')}). "
             f"Set --data-dir or ${DATA_DIR_ENV} to the folder holding it. It can be obtained from: {source}"
         )
+    from dp_gym.data.integrity import MANIFESTS, verify_dataset
+
+    if relative in MANIFESTS:
+        verify_dataset(path, MANIFESTS[relative])
     return path

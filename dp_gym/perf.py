@@ -1,19 +1,26 @@
 """Performance harness: predict latency, training throughput and env speed in one run.
 
-    python -m dp_gym.perf --device cpu --out-dir benchmarks/results/perf_cpu
+    python -m dp_gym.perf --device cpu --num-threads 1 --out-dir benchmarks/results/perf_cpu
     python -m dp_gym.perf --device cuda --modes eager,cuda_graph,compile --autocast no,bf16 \
         --out-dir benchmarks/results/perf_gpu
 
 For a low-dim (Push-T keypoints: 20-d obs) and an image (Push-T pixels: 96x96 RGB + agent position)
 diffusion policy at each ``--sizes`` (small: our CPU UNet; paper: the paper's 256/512/1024 UNet),
-it measures the median over ``--repeats`` (after ``--warmup``) of:
+it measures, with the variants' calls interleaved (round-robin, so load on a shared machine hits
+them alike), the median over ``--repeats`` (after ``--warmup``) of:
 
 * predict latency per chunk (encoder + whole denoising loop) at batch 1 and batch ``--n-envs``,
-  for DDPM-100 and DDIM-10, in every ``--modes`` x ``--autocast`` variant; each variant's actions
-  are compared with the plain eager float32 path for the same noise (max abs difference, in
-  normalised action units where the range is [-1, 1]);
-* training samples/s (forward + backward + AdamW step) at ``--train-batch``;
-* env steps/s of the Push-T env (keypoints and pixels observations), ``--n-envs`` in a sync vector.
+  for each ``--samplers``, in every ``--modes`` x ``--autocast`` variant: ``per_step`` (the full
+  denoiser, conditioning included, at every step: the textbook loop), ``eager`` (plain float32,
+  conditioning computed once per chunk: the reference every ratio and action difference is taken
+  against), ``onnx`` (the CPU default), ``compile``, ``cuda_graph``. The first call's time
+  (export / compilation / capture) is reported separately. The action difference is the max abs
+  difference from eager float32 for the same noise, in normalised action units (range [-1, 1]);
+* training samples/s at ``--train-batch``: ``plain`` (AdamW's default implementation, loss read
+  back and checked every step) against ``fast`` (:func:`dp_gym.train.make_train_step`: fused AdamW,
+  no per-step host sync), same initial weights and batches, with the largest loss difference;
+* env steps/s of the Push-T env (keypoints and pixels observations), ``--n-envs`` in a sync
+  vector, against the same env computing gym-pusht's coverage twice per step as before.
 
 Weights are random: timings do not depend on them. GPU timings synchronise the device.
 Writes ``perf.json`` and ``perf.md`` (with the machine description) to ``--out-dir``.
@@ -21,7 +28,6 @@ Writes ``perf.json`` and ``perf.md`` (with the machine description) to ``--out-d
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import time
@@ -33,30 +39,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from dp_gym.benchmark import median_ms
+from dp_gym.benchmark import timed_s
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.policies import make_policy, model_sizes
-from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator
-from dp_gym.utils.cli import command_line
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator, per_step_loop
+from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
 
 @dataclass
 class PerfConfig:
-    device: str = "cpu"
-    kinds: str = "lowdim,image"
-    sizes: str = "small,paper"
-    samplers: str = "ddpm:100,ddim:10"
-    modes: str = "eager"  # comma list of eager | compile | cuda_graph
-    autocast: str = "no"  # comma list of no | bf16 | fp16
-    n_envs: int = 10
-    repeats: int = 5
-    warmup: int = 2
-    train_batch: int = 64
-    train_steps: int = 5
-    env_steps: int = 300
-    num_threads: int = 0
-    skip: str = ""  # comma list of sections to skip: predict, train, env
-    out_dir: str = "benchmarks/results/perf"
+    """Every ``python -m dp_gym.perf`` option; each field is a flag (``--field-name``)."""
+
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    kinds: str = option("lowdim,image", "comma list of policy kinds: lowdim, image")
+    sizes: str = option("small,paper", "comma list of model sizes: small, medium, paper")
+    samplers: str = option("ddpm:100,ddim:10", "comma list of sampler:steps")
+    modes: str = option("per_step,eager,onnx", "comma list of per_step | eager | onnx | compile | cuda_graph "
+                        "(per_step: the whole denoiser at every step, the reference the others are compared with)")
+    autocast: str = option("no", "comma list of no | bf16 | fp16")
+    n_envs: int = option(10, "batch size of the batched predict and env measurements")
+    repeats: int = option(5, "timed repeats per measurement (the median is reported)")
+    warmup: int = option(2, "untimed calls before each measurement")
+    train_batch: int = option(64, "batch size of the training measurement")
+    train_steps: int = option(10, "timed training steps")
+    env_steps: int = option(300, "timed env steps")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    skip: str = option("", "comma list of sections to skip: predict, train, env")
+    out_dir: str = option("benchmarks/results/perf", "folder for perf.json and perf.md")
+
+    def __post_init__(self) -> None:
+        for name in ("n_envs", "repeats", "train_batch", "train_steps", "env_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.num_threads < 0:
+            raise ValueError(f"warmup and num_threads must be >= 0, got {self.warmup} and {self.num_threads}")
 
 
 KINDS = {
@@ -105,10 +121,35 @@ def random_obs(policy, batch: int, device: torch.device, seed: int = 0) -> dict[
     return {k: v.to(device) for k, v in obs.items()}
 
 
+def interleaved_ms(fns: dict[Any, Any], device: torch.device, repeats: int, warmup: int) -> dict[Any, float]:
+    """Median wall time (ms) of each callable, the calls interleaved round-robin, after
+    ``warmup`` rounds; CUDA is synchronised around each call."""
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            t = timed_s(fn, device)
+            if r >= warmup:
+                times[name].append(t)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+def _predict_variant(policy, mode: str, autocast: str, obs, noise, sampler: str, steps: int):
+    """(callable returning the actions, its accelerator or None for ``per_step``)."""
+    if mode == "per_step":
+        def run() -> torch.Tensor:
+            with torch.inference_mode():
+                x = per_step_loop(policy.denoiser, policy.scheduler, sampler, steps, policy.encode_obs(obs), noise)
+                return policy.action_normalizer.unnormalize(x)
+        return run, None
+    acc = SamplingAccelerator(policy, mode, autocast, sampler, steps)
+    return (lambda: policy.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)), acc
+
+
 def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
     rows = []
     modes = [m for m in cfg.modes.split(",") if m]
     autocasts = [a for a in cfg.autocast.split(",") if a]
+    variants = [(m, a) for m in modes for a in (["no"] if m in ("per_step", "onnx") else autocasts)]
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
             policy = build_policy(kind, size, device).eval()
@@ -118,36 +159,39 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
                 for batch in sorted({1, cfg.n_envs}):
                     obs = random_obs(policy, batch, device)
                     noise = torch.randn(batch, *policy.noise_shape(steps, sampler), generator=torch.Generator().manual_seed(1)).to(device)
-                    with torch.inference_mode():
-                        ref = policy.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps)
+                    ref = policy.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps)
                     scale = (policy.action_normalizer.data_max - policy.action_normalizer.data_min) / 2
-                    for mode in modes:
-                        for ac in autocasts:
-                            with warnings.catch_warnings(record=True) as caught:
-                                warnings.simplefilter("always")
-                                acc = SamplingAccelerator(policy, mode, ac, sampler, steps)
-
-                                def run() -> torch.Tensor:
-                                    with torch.inference_mode():
-                                        return policy.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)
-
-                                t0 = time.perf_counter()
-                                out = run()  # first call: compilation / graph capture
-                                first_ms = 1000 * (time.perf_counter() - t0)
-                                ms = median_ms(run, device, cfg.repeats, cfg.warmup)
-                            row = {"kind": kind, "size": size, "sampler": f"{sampler}-{steps}", "batch": batch,
-                                   "mode": mode, "autocast": ac, "active_mode": acc.active_mode, "ms_per_chunk": ms,
-                                   "first_call_ms": first_ms,
-                                   "max_abs_diff_vs_eager_fp32": float(((out - ref).abs() / scale).max()),
-                                   "fallback_reason": acc.fallback_reason,
-                                   "warnings": [str(w.message)[:200] for w in caught]}
-                            rows.append(row)
-                            print(f"predict {kind:6s} {size:5s} {row['sampler']:8s} b={batch:<3d} {mode}/{ac} "
-                                  f"({acc.active_mode}): {ms:8.1f} ms  diff {row['max_abs_diff_vs_eager_fp32']:.2e}", flush=True)
+                    fns, info = {}, {}
+                    for variant in variants:
+                        with warnings.catch_warnings(record=True) as caught:
+                            warnings.simplefilter("always")
+                            run, acc = _predict_variant(policy, *variant, obs, noise, sampler, steps)
+                            t0 = time.perf_counter()
+                            out = run()  # first call: export / compilation / graph capture
+                            first_ms = 1000 * (time.perf_counter() - t0)
+                        fns[variant] = run
+                        info[variant] = {"active_mode": acc.active_mode if acc else "per_step", "first_call_ms": first_ms,
+                                         "max_abs_diff_vs_eager_fp32": float(((out - ref).abs() / scale).max()),
+                                         "fallback_reason": acc.fallback_reason if acc else None,
+                                         "warnings": [str(w.message)[:200] for w in caught]}
+                    ms = interleaved_ms(fns, device, cfg.repeats, cfg.warmup)
+                    base, per_step = ms.get(("eager", "no")), ms.get(("per_step", "no"))
+                    for (mode, ac), m in ms.items():
+                        row = {"kind": kind, "size": size, "sampler": f"{sampler}-{steps}", "batch": batch, "mode": mode,
+                               "autocast": ac, **info[(mode, ac)], "ms_per_chunk": m,
+                               "speedup_vs_eager": base / m if base else None, "speedup_vs_per_step": per_step / m if per_step else None}
+                        rows.append(row)
+                        print(f"predict {kind:6s} {size:5s} {row['sampler']:8s} b={batch:<3d} {mode}/{ac} ({row['active_mode']}): "
+                              f"{m:8.1f} ms" + (f"  {base / m:4.2f}x eager" if base else "")
+                              + (f"  {per_step / m:4.2f}x per-step" if per_step else "")
+                              + f"  diff {row['max_abs_diff_vs_eager_fp32']:.2e}", flush=True)
     return rows
 
 
 def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
+    from dp_gym.ema import EMA
+    from dp_gym.train import TrainConfig, _LossModule, make_optimizer, make_train_step
+
     rows = []
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
@@ -156,47 +200,87 @@ def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
                 if ac == "fp16" and device.type != "cuda":
                     continue
                 policy = build_policy(kind, size, device).train()
-                opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-                scaler = torch.amp.GradScaler(device.type, enabled=ac == "fp16")
+                fast_policy = build_policy(kind, size, device).train()
+                fast_policy.load_state_dict(policy.state_dict())
                 obs = random_obs(policy, cfg.train_batch, device)
                 batch = {**obs, "action": (torch.rand(cfg.train_batch, policy.config.horizon, 2) * 512).to(device)}
+                losses: dict[str, list] = {"plain": [], "fast": []}
 
-                def step() -> None:
+                opt = torch.optim.AdamW(policy.optim_groups(), lr=1e-4, betas=(0.95, 0.999), eps=1e-8)
+                ema, scaler = EMA(policy), torch.amp.GradScaler(device.type, enabled=ac == "fp16")
+
+                def plain() -> None:  # AdamW's default implementation; the loss read back and checked every step
+                    torch.manual_seed(len(losses["plain"]))
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         loss = policy.compute_loss(batch)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError("non-finite loss")
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
+                    ema.update(policy)
+                    losses["plain"].append(loss.item())
 
-                ms = median_ms(step, device, cfg.train_steps, cfg.warmup)
-                row = {"kind": kind, "size": size, "autocast": ac, "batch": cfg.train_batch, "ms_per_step": ms,
-                       "samples_per_s": cfg.train_batch / (ms / 1000),
-                       "params_M": sum(p.numel() for p in policy.parameters()) / 1e6}
-                rows.append(row)
-                print(f"train   {kind:6s} {size:5s} {ac:4s} batch {cfg.train_batch}: {row['samples_per_s']:.1f} samples/s", flush=True)
+                opt_fast = make_optimizer(fast_policy, TrainConfig(lr=1e-4))
+                step_fast = make_train_step(_LossModule(fast_policy), fast_policy, opt_fast,
+                                            torch.optim.lr_scheduler.LambdaLR(opt_fast, lambda s: 1.0), EMA(fast_policy),
+                                            torch.amp.GradScaler(device.type, enabled=ac == "fp16"), dtype, device)
+
+                def fast() -> None:
+                    torch.manual_seed(len(losses["fast"]))
+                    losses["fast"].append(step_fast(batch))
+
+                ms = interleaved_ms({"plain": plain, "fast": fast}, device, cfg.train_steps, cfg.warmup)
+                diff = max(abs(a - float(b)) for a, b in zip(losses["plain"], losses["fast"]))
+                for name, m in ms.items():
+                    row = {"kind": kind, "size": size, "autocast": ac, "batch": cfg.train_batch, "variant": name,
+                           "ms_per_step": m, "samples_per_s": cfg.train_batch / (m / 1000), "speedup_vs_plain": ms["plain"] / m,
+                           "max_loss_diff_vs_plain": diff, "params_M": sum(p.numel() for p in policy.parameters()) / 1e6}
+                    rows.append(row)
+                    print(f"train   {kind:6s} {size:5s} {ac:4s} batch {cfg.train_batch} {name:5s}: {row['samples_per_s']:.1f} samples/s "
+                          f"({row['speedup_vs_plain']:.2f}x plain, loss diff {diff:.1e})", flush=True)
     return rows
 
 
 def bench_env(cfg: PerfConfig) -> list[dict[str, Any]]:
     import gymnasium as gym
 
-    import dp_gym  # noqa: F401  (registers dp_gym/PushT-v0)
+    from dp_gym.envs.pusht import PushTEnv, _GymPushTEnv
+
+    class CoverageTwice(PushTEnv):
+        """The env as before: gym-pusht's coverage, computed by its step and again by _get_info."""
+
+        def _get_coverage(self) -> float:
+            return _GymPushTEnv._get_coverage(self)
 
     rows = []
     for obs_type in ("keypoints", "pixels_agent_pos"):
-        env = gym.vector.SyncVectorEnv([lambda: gym.make("dp_gym/PushT-v0", obs_type=obs_type) for _ in range(cfg.n_envs)],
-                                       autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        env.reset(seed=list(range(cfg.n_envs)))
+        envs = {name: gym.vector.SyncVectorEnv([lambda c=cls: c(obs_type=obs_type) for _ in range(cfg.n_envs)],
+                                               autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+                for name, cls in (("ours", PushTEnv), ("coverage_twice", CoverageTwice))}
+        for env in envs.values():
+            env.reset(seed=list(range(cfg.n_envs)))
         rng = np.random.default_rng(0)
-        t0 = time.perf_counter()
+        wall = {name: 0.0 for name in envs}
         for _ in range(cfg.env_steps):
-            env.step(rng.uniform(100, 400, size=(cfg.n_envs, 2)).astype(np.float32))
-        wall = time.perf_counter() - t0
-        env.close()
-        rows.append({"env": f"PushT {obs_type}", "n_envs": cfg.n_envs, "env_steps_per_s": cfg.n_envs * cfg.env_steps / wall})
-        print(f"env     PushT {obs_type}: {rows[-1]['env_steps_per_s']:.0f} env-steps/s ({cfg.n_envs} envs)", flush=True)
+            action = rng.uniform(100, 400, size=(cfg.n_envs, 2)).astype(np.float32)
+            for name, env in envs.items():
+                t0 = time.perf_counter()
+                env.step(action)
+                wall[name] += time.perf_counter() - t0
+        for env in envs.values():
+            env.close()
+        sps = {name: cfg.n_envs * cfg.env_steps / w for name, w in wall.items()}
+        rows.append({"env": f"PushT {obs_type}", "n_envs": cfg.n_envs, "env_steps_per_s": sps["ours"],
+                     "env_steps_per_s_coverage_twice": sps["coverage_twice"], "speedup": sps["ours"] / sps["coverage_twice"]})
+        print(f"env     PushT {obs_type}: {sps['ours']:.0f} env-steps/s ({cfg.n_envs} envs), "
+              f"{rows[-1]['speedup']:.2f}x the env computing the coverage twice", flush=True)
     return rows
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}×" if x else "–"
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -205,27 +289,28 @@ def to_markdown(res: dict[str, Any]) -> str:
              + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}; device `{m['device']}`.", "",
              f"Command: `{res['command']}`", ""]
     if res["predict"]:
-        lines += ["## Predict latency per chunk (median ms; encoder + full denoising loop)", "",
-                  "| policy | size | sampler | batch | mode | autocast | runs as | ms/chunk | speed-up vs eager fp32 | max abs diff vs eager fp32 |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        base = {(r["kind"], r["size"], r["sampler"], r["batch"]): r["ms_per_chunk"] for r in res["predict"]
-                if r["mode"] == "eager" and r["autocast"] == "no"}
+        lines += ["## Predict latency per chunk (median ms; encoder + full denoising loop; variants interleaved)", "",
+                  "| policy | size | sampler | batch | mode | autocast | runs as | ms/chunk | speed-up vs eager fp32 "
+                  "| speed-up vs per-step | first call ms | max abs diff vs eager fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["predict"]:
-            b = base.get((r["kind"], r["size"], r["sampler"], r["batch"]))
             lines.append(f"| {r['kind']} | {r['size']} | {r['sampler']} | {r['batch']} | {r['mode']} | {r['autocast']} | {r['active_mode']} "
-                         f"| {r['ms_per_chunk']:.1f} | {b / r['ms_per_chunk']:.2f}× | {r['max_abs_diff_vs_eager_fp32']:.1e} |" if b else
-                         f"| {r['kind']} | {r['size']} | {r['sampler']} | {r['batch']} | {r['mode']} | {r['autocast']} | {r['active_mode']} "
-                         f"| {r['ms_per_chunk']:.1f} | – | {r['max_abs_diff_vs_eager_fp32']:.1e} |")
+                         f"| {r['ms_per_chunk']:.1f} | {_ratio(r['speedup_vs_eager'])} | {_ratio(r['speedup_vs_per_step'])} "
+                         f"| {r['first_call_ms']:.0f} | {r['max_abs_diff_vs_eager_fp32']:.1e} |")
         lines.append("")
     if res["train"]:
-        lines += ["## Training throughput", "", "| policy | size | params | autocast | batch | ms/step | samples/s |", "|---|---|---|---|---|---|---|"]
+        lines += ["## Training throughput (variants interleaved, same weights and batches)", "",
+                  "| policy | size | params | autocast | batch | variant | ms/step | samples/s | speed-up vs plain | max loss diff vs plain |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["train"]:
-            lines.append(f"| {r['kind']} | {r['size']} | {r['params_M']:.1f}M | {r['autocast']} | {r['batch']} | {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} |")
+            lines.append(f"| {r['kind']} | {r['size']} | {r['params_M']:.1f}M | {r['autocast']} | {r['batch']} | {r['variant']} "
+                         f"| {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | {_ratio(r['speedup_vs_plain'])} | {r['max_loss_diff_vs_plain']:.1e} |")
         lines.append("")
     if res["env"]:
-        lines += ["## Environment speed", "", "| env | envs | env-steps/s |", "|---|---|---|"]
+        lines += ["## Environment speed (steps interleaved)", "", "| env | envs | env-steps/s | coverage computed twice: env-steps/s | speed-up |",
+                  "|---|---|---|---|---|"]
         for r in res["env"]:
-            lines.append(f"| {r['env']} | {r['n_envs']} | {r['env_steps_per_s']:.0f} |")
+            lines.append(f"| {r['env']} | {r['n_envs']} | {r['env_steps_per_s']:.0f} | {r['env_steps_per_s_coverage_twice']:.0f} | {_ratio(r['speedup'])} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -249,13 +334,15 @@ def run(cfg: PerfConfig, command: str = "") -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(PerfConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = PerfConfig(**vars(p.parse_args(argv)))
+def _main(argv: list[str]) -> int:
+    cfg = parse_config(PerfConfig, argv, description=__doc__, prog="python -m dp_gym.perf")
     run(cfg, command=command_line("dp_gym.perf", argv))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

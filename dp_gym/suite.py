@@ -58,6 +58,8 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     """What the suite table keeps of one benchmark result (no per-episode lists)."""
     keep = ("episodes", "mean_max_reward", "max_reward_std", "success_rate", "success_ci95", "mean_episode_length",
             "predict_latency_ms_median", "sampler", "num_inference_steps", "n_action_steps", "mean_completed")
+    if "error" in res:  # the entry failed (its benchmark records why)
+        return {"error": res["error"]}
     return {k: res[k] for k in res if k in keep or (k[:1] == "p" and k[1:].isdigit())}
 
 
@@ -95,6 +97,8 @@ def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Pa
 def _cell(r: dict[str, Any] | None) -> str:
     if r is None:
         return "–"
+    if "error" in r:
+        return "failed"
     lo, hi = r["success_ci95"]
     pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
     score = f"p{pk[-1][1:]} {r[pk[-1]]:.2f}" if pk else f"{r['mean_max_reward']:.3f}"
@@ -130,7 +134,7 @@ def plot(record: dict[str, Any], path: Path) -> None:
         xs, ys, err = [], [], []
         for i, t in enumerate(tasks):
             r = record["results"][t].get(pol)
-            if r is None:
+            if r is None or "error" in r:
                 continue
             xs.append(i + j * width)
             ys.append(r["success_rate"])

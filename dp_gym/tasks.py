@@ -198,6 +198,11 @@ TASKS["kitchen_complete_abs"] = replace(
 TASKS.update(_robosuite_tasks())
 
 
+def task_names() -> list[str]:
+    """The registered task names, sorted (what ``--task`` accepts)."""
+    return sorted(TASKS)
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available: {sorted(TASKS)}")

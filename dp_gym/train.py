@@ -17,14 +17,15 @@ batch, split evenly; process 0 writes the logs and the one checkpoint::
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,52 +36,66 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_policy, load_tensors, save_policy
+from dp_gym.checkpoint import (atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_policy, load_tensors,
+                               remove_stale_temp_files, save_policy)
 from dp_gym.data.sequence import SequenceDataset, split_episodes
 from dp_gym.ema import EMA
 from dp_gym.policies import make_policy
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES
-from dp_gym.tasks import get_task
+from dp_gym.tasks import get_task, task_names
+from dp_gym.utils.cli import option, parse_config, run_cli
 
 
 @dataclass
 class TrainConfig:
-    task: str = "pusht_keypoints"
-    policy: str = "diffusion"  # diffusion | bc | ibc
-    model_size: str = "small"  # small | medium | paper (see dp_gym.policies.model_sizes)
-    denoiser: str = "unet"  # unet | transformer (diffusion only)
-    horizon: int = 16  # diffusion only (bc / ibc use To-1+Ta, see build_policy_config)
-    n_obs_steps: int = 2
-    n_action_steps: int = 8
-    steps: int = 50_000
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float | None = None  # None: the policy's paper default (policy.optim_groups)
-    warmup_steps: int = 500
-    ema_power: float = 0.75
-    val_ratio: float = 0.02
-    seed: int = 42
-    device: str = "cpu"
-    out_dir: str = "runs/default"
-    data_dir: str | None = None
-    checkpoint_every: int = 2000
-    keep_every: int = 0  # also keep step_<n> snapshots every this many steps (0: only latest)
-    log_every: int = 100
-    val_every: int = 1000
-    eval_every: int = 0  # rollouts in the env every N steps (0: never)
-    eval_episodes: int = 10
-    num_threads: int = 0  # torch CPU threads (0: torch default)
-    mixed_precision: str = "no"  # no | bf16 | fp16 (fp16: CUDA only, with loss scaling)
-    resume: bool = False
-    # Fine-tuning: start from this checkpoint's (EMA) weights, normalisers and policy config (so
-    # --model-size, --denoiser, --horizon, --n-obs-steps, --n-action-steps are not used) instead
-    # of a fresh policy; optimiser, schedule and EMA start afresh.
-    init_from: str | None = None
-    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    """Every training option; each field is a command-line flag (``--field-name``)."""
+
+    task: str = option("pusht_keypoints", "task: dataset, env and metric", choices=task_names)
+    policy: str = option("diffusion", "policy type", choices=("diffusion", "bc", "ibc"))
+    model_size: str = option("small", "network size preset (dp_gym.policies.model_sizes)", choices=("small", "medium", "paper"))
+    denoiser: str = option("unet", "diffusion only: the denoising network", choices=("unet", "transformer"))
+    horizon: int = option(16, "diffusion only: predicted actions Tp (bc / ibc use To-1+Ta)")
+    n_obs_steps: int = option(2, "observation history To")
+    n_action_steps: int = option(8, "actions executed per chunk Ta")
+    steps: int = option(50_000, "optimiser steps")
+    batch_size: int = option(64, "global batch size (split across torchrun processes)")
+    lr: float = option(1e-4, "peak learning rate (AdamW, cosine schedule)")
+    weight_decay: float | None = option(None, "AdamW weight decay; unset: the policy's paper value")
+    warmup_steps: int = option(500, "linear learning-rate warm-up steps")
+    ema_power: float = option(0.75, "power of the EMA decay schedule of the evaluation weights")
+    val_ratio: float = option(0.02, "fraction of episodes held out for the validation loss")
+    seed: int = option(42, "seed of the split, initialisation and sampling")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    out_dir: str = option("runs/default", "run folder: checkpoints, metrics, train_config.json")
+    data_dir: str | None = option(None, "dataset folder; unset: $DP_GYM_DATA_DIR, else ./data")
+    checkpoint_every: int = option(2000, "write checkpoints/latest and the trainer state every N steps")
+    keep_every: int = option(0, "also keep checkpoints/step_<n> every N steps; 0: only latest")
+    log_every: int = option(100, "log the mean training loss every N steps")
+    val_every: int = option(1000, "validation loss every N steps; 0: never")
+    eval_every: int = option(0, "env rollouts every N steps; 0: never")
+    eval_episodes: int = option(10, "episodes per env evaluation")
+    num_threads: int = option(0, "torch CPU threads; 0: torch's default")
+    mixed_precision: str = option("no", "autocast dtype of the forward pass (fp16: CUDA only)", choices=("no", "bf16", "fp16"))
+    resume: bool = option(False, "continue the run in --out-dir from its trainer state")
+    init_from: str | None = option(None, "fine-tune from this checkpoint's weights, normalisers and policy config "
+                                   "(--model-size, --denoiser, --horizon, --n-obs-steps, --n-action-steps unused)")
+    policy_overrides: dict[str, Any] = option({}, "policy config overrides, e.g. '{\"num_inference_steps\": 16}'")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        for name in ("checkpoint_every", "log_every", "eval_episodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "keep_every", "val_every", "eval_every", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off / default), got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"lr must be a finite number >= 0, got {self.lr}")
+        if not (math.isfinite(self.ema_power) and self.ema_power > 0):
+            raise ValueError(f"ema_power must be a positive number, got {self.ema_power}")
+        if not 0 <= self.val_ratio < 1:
+            raise ValueError(f"val_ratio must be in [0, 1), got {self.val_ratio}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"--device {self.device} requested but CUDA is not available")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -128,6 +143,78 @@ def init_policy_from_checkpoint(cfg: TrainConfig, obs_shapes: dict[str, list[int
     return policy.train()
 
 
+# Options a ``--resume`` must repeat from the saved run: they fix the data split, the network and
+# the optimiser / schedule state that is restored (``--steps`` may grow; logging, evaluation,
+# device and paths may change).
+RESUME_FIXED = ("task", "policy", "model_size", "denoiser", "horizon", "n_obs_steps", "n_action_steps", "batch_size",
+                "lr", "weight_decay", "warmup_steps", "ema_power", "val_ratio", "seed", "init_from", "policy_overrides")
+
+
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` whose options differ from the saved run's in a field of
+    :data:`RESUME_FIXED` (the message lists every such difference)."""
+    diffs = [f"--{k.replace('_', '-')}: saved {saved[k]!r}, now {getattr(cfg, k)!r}"
+             for k in RESUME_FIXED if k in saved and saved[k] != getattr(cfg, k)]
+    if diffs:
+        raise ValueError(f"--resume in {cfg.out_dir} with options that differ from the saved run's ({'; '.join(diffs)}); "
+                         "repeat the saved options or train into a new --out-dir")
+
+
+class RunDirLock:
+    """Exclusive lock on a run directory (``<out>/.lock``, ``fcntl.flock``): a second trainer writing
+    the same folder is refused; the operating system drops the lock when the process ends, even
+    by SIGKILL.
+
+    Example:
+        >>> import tempfile
+        >>> with RunDirLock(Path(tempfile.mkdtemp())) as lock:
+        ...     lock.path.name
+        '.lock'
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+
+        self.path = Path(directory) / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise RuntimeError(f"{directory} is in use by another trainer (lock {self.path} is held); "
+                               "wait for it to finish or choose another --out-dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            self._file.close()  # closing drops the flock
+
+    def __enter__(self) -> "RunDirLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def trim_metrics(out: Path, step: int) -> None:
+    """Drop the metric rows logged after ``step`` (the saved step a resumed run restarts from), so
+    the steps between the last checkpoint and a kill are not logged twice."""
+    jsonl, csv_path = out / "metrics.jsonl", out / "metrics.csv"
+    if jsonl.exists():
+        lines = [ln for ln in jsonl.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(jsonl, "".join(ln + "\n" for ln in kept).encode())
+    if csv_path.exists():
+        lines = csv_path.read_text().splitlines()
+        kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]
+        if len(kept) != len(lines):
+            atomic_write_bytes(csv_path, "".join(ln + "\n" for ln in kept).encode())
+
+
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / max(1, warmup)
@@ -172,6 +259,48 @@ class _LossModule(nn.Module):
         return self.policy.compute_loss(batch)
 
 
+def make_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the policy's parameter groups; the fused (single-kernel) implementation where
+    this torch build has it for the device, the same update as the default one."""
+    groups = policy.optim_groups(cfg.weight_decay)
+    kw = dict(lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device / torch
+        return torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), **kw)
+
+
+def make_train_step(model: nn.Module, policy: nn.Module, opt: torch.optim.Optimizer, sched, ema: EMA,
+                    scaler: torch.amp.GradScaler, amp_dtype: torch.dtype | None, device: torch.device):
+    """``step(batch) -> loss``: forward (under autocast when ``amp_dtype``), backward, optimiser,
+    LR schedule and EMA update. It returns the loss as a detached device tensor and never waits
+    for the device; :func:`finite_mean` checks and averages a run of them."""
+
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        ema.update(policy)
+        return loss.detach()
+
+    return step
+
+
+def finite_mean(losses: list[torch.Tensor], step: int) -> float:
+    """Mean of the losses of the last ``len(losses)`` steps (one host sync); raise
+    FloatingPointError naming the first step whose loss was not finite."""
+    values = torch.stack(losses).double().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        raise FloatingPointError(f"non-finite loss {float(values[i])} at step {step - len(losses) + i}")
+    return float(values.mean())
+
+
 def distributed_context(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) for this process. Under ``torchrun`` (WORLD_SIZE > 1) this joins
     the process group: NCCL with one GPU per process (LOCAL_RANK) for CUDA, gloo on CPU."""
@@ -197,17 +326,29 @@ def _rng_states(gen: torch.Generator, device: torch.device) -> dict[str, torch.T
 
 
 def train(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the ``checkpoints/latest`` directory. The run directory is
+    locked against other trainers while this runs."""
+    with contextlib.ExitStack() as exit_stack:
+        return _train(cfg, exit_stack)
+
+
+def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
     rank, world, device = distributed_context(cfg.device)
     main_process = rank == 0
     if cfg.batch_size % world:
         raise ValueError(f"--batch-size {cfg.batch_size} (global) must be divisible by the number of processes ({world})")
     local_batch = cfg.batch_size // world
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    state_file = out / "trainer_state.safetensors"
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed + rank)  # each process draws its own noise / timesteps / crops
     task = get_task(cfg.task)
+    if cfg.steps < cfg.warmup_steps and main_process:
+        warnings.warn(f"--steps {cfg.steps} is below --warmup-steps {cfg.warmup_steps}: the learning rate never "
+                      "reaches --lr", stacklevel=2)
+    if cfg.resume and (out / "train_config.json").exists():
+        check_resume_config(cfg, json.loads((out / "train_config.json").read_text()))
 
     # --- data -----------------------------------------------------------------------------
     episodes = task.load_dataset(cfg.data_dir)
@@ -229,7 +370,7 @@ def train(cfg: TrainConfig) -> Path:
         train_frames = np.concatenate([np.arange(a, b) for a, b, m in zip(episodes.episode_starts, episodes.episode_ends, train_mask) if m])
         frames_t = torch.as_tensor(train_frames, device=device)
         policy.fit_normalizers({k: tensors[k][frames_t] for k in policy.normalized_keys})  # images need none
-    opt = torch.optim.AdamW(policy.optim_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.95, 0.999), eps=1e-8)
+    opt = make_optimizer(policy, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, cfg.warmup_steps, cfg.steps))
     ema = EMA(policy, power=cfg.ema_power)
     # Mixed precision: the forward pass runs under autocast, weights and optimiser stay float32.
@@ -240,9 +381,15 @@ def train(cfg: TrainConfig) -> Path:
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_params = sum(p.numel() for p in policy.parameters())
+    train_step = make_train_step(model, policy, opt, sched, ema, scaler, amp_dtype, device)
+
+    # The output folder is made only now, so a run refused for bad options or data leaves none.
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        exit_stack.enter_context(RunDirLock(out))
+        remove_stale_temp_files(out)  # left by writes a kill interrupted; nobody else writes here now
 
     step = 0
-    state_file = out / "trainer_state.safetensors"
     if cfg.resume and state_file.exists():
         st, meta = load_tensors(state_file, device)
         policy.load_state_dict({k[6:]: v for k, v in st.items() if k.startswith("model.")})
@@ -259,7 +406,11 @@ def train(cfg: TrainConfig) -> Path:
         if device.type == "cuda" and f"rng.cuda{suffix}" in st:
             torch.cuda.set_rng_state(st[f"rng.cuda{suffix}"].cpu(), device)
         step = ema.step = meta["step"]
+        if cfg.steps < step:
+            raise ValueError(f"--steps {cfg.steps} is below the saved run's step {step} in {state_file}; "
+                             f"pass --steps {step} or more to continue it")
         if main_process:
+            trim_metrics(out, step)
             print(f"resumed from {state_file} at step {step}")
     elif cfg.resume and main_process:
         print(f"--resume given but {state_file} does not exist: starting from scratch")
@@ -320,28 +471,17 @@ def train(cfg: TrainConfig) -> Path:
               f"val_windows={len(val_set) if val_set else 0} device={device} processes={world}")
     policy.train()
     t_start = t_last = time.perf_counter()
-    losses: list[float] = []
+    losses: list[torch.Tensor] = []  # since the last log row, on the device
     bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0, disable=not main_process)
     while step < cfg.steps:
-        batch = train_set.sample(local_batch, gen)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        ema.update(policy)
+        losses.append(train_step(train_set.sample(local_batch, gen)))
         step += 1
-        losses.append(loss.item())
         bar.update(1)
         row: dict[str, Any] = {}
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             sps = cfg.batch_size * len(losses) / max(now - t_last, 1e-9)
-            mean_loss = float(np.mean(losses))
+            mean_loss = finite_mean(losses, step)
             if world > 1:  # log the mean over all processes' batches (one all-reduce per log row)
                 total = torch.tensor(mean_loss, dtype=torch.float64, device=device)
                 dist.all_reduce(total)
@@ -365,6 +505,8 @@ def train(cfg: TrainConfig) -> Path:
             csv_writer.writerow({k: row.get(k) for k in csv_writer.fieldnames})
             csv_file.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if losses:
+                finite_mean(losses, step)  # never checkpoint weights a non-finite loss updated
             checkpoint(step)
     bar.close()
     if main_process:
@@ -379,28 +521,20 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "policy_overrides":
-            p.add_argument("--policy-overrides", type=json.loads, default={}, help="JSON dict of policy config overrides, e.g. '{\"num_inference_steps\": 16}'")
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", default=default)
-        else:
-            typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
-            p.add_argument(flag, type=typ, default=default)
-    a = p.parse_args(argv)
-    return TrainConfig(**vars(a))
+    return parse_config(TrainConfig, argv, description=__doc__, prog="python -m dp_gym.train")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str]) -> int:
     cfg = parse_args(argv)
     if cfg.data_dir is None and os.environ.get("DP_GYM_DATA_DIR"):
         cfg.data_dir = os.environ["DP_GYM_DATA_DIR"]
     train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

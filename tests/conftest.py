@@ -35,6 +35,16 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _model_cache(tmp_path_factory) -> None:
+    """Exported sampling models go to a fresh folder, so no test depends on (or fills) the user's
+    cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DP_GYM_CACHE_DIR", str(tmp_path_factory.mktemp("dp_gym_cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)

@@ -99,7 +99,8 @@ def test_bf16_autocast_close_to_float32():
     assert 0 < err < 0.05
 
 
-def test_agent_accelerate_uses_sample_kwargs_and_checks_them():
+def test_agent_accelerate_uses_sample_kwargs_and_checks_them(monkeypatch):
+    monkeypatch.setenv("DP_GYM_ACCELERATE", "eager")  # agent2's default path is the plain loop
     p = small_policy()
     agent = DiffusionAgent(p)
     agent.sample_kwargs = {"sampler": "ddim", "num_inference_steps": 5}
@@ -133,3 +134,25 @@ def test_perf_harness_writes_json_and_table(tmp_path):
     assert all(r["ms_per_chunk"] > 0 and r["max_abs_diff_vs_eager_fp32"] == 0.0 for r in rows)
     assert json.loads((tmp_path / "perf.json").read_text())["machine"]["torch"] == torch.__version__
     assert "| lowdim | small | ddim-2 | 1 | eager | no | eager |" in (tmp_path / "perf.md").read_text()
+
+
+def test_perf_harness_compares_every_variant_with_eager(tmp_path):
+    from dp_gym.perf import PerfConfig, run
+
+    pytest.importorskip("onnxruntime")
+    cfg = PerfConfig(kinds="lowdim", sizes="small", samplers="ddim:2", modes="per_step,eager,onnx", repeats=2, warmup=0,
+                     n_envs=2, train_batch=4, train_steps=2, env_steps=3, out_dir=str(tmp_path))
+    res = run(cfg, command="test")
+    rows = {(r["batch"], r["mode"]): r for r in res["predict"]}
+    assert set(rows) == {(b, m) for b in (1, 2) for m in ("per_step", "eager", "onnx")}
+    for (b, mode), r in rows.items():
+        assert r["active_mode"] == mode and r["ms_per_chunk"] > 0 and r["first_call_ms"] > 0
+        assert r["speedup_vs_eager"] == pytest.approx(rows[(b, "eager")]["ms_per_chunk"] / r["ms_per_chunk"])
+        assert r["max_abs_diff_vs_eager_fp32"] < 2e-3 and (mode != "eager" or r["max_abs_diff_vs_eager_fp32"] == 0)
+    train = {r["variant"]: r for r in res["train"]}
+    assert set(train) == {"plain", "fast"} and train["plain"]["speedup_vs_plain"] == 1.0
+    assert train["fast"]["max_loss_diff_vs_plain"] < 1e-4
+    assert [r["env"] for r in res["env"]] == ["PushT keypoints", "PushT pixels_agent_pos"]
+    assert all(r["env_steps_per_s"] > 0 and r["env_steps_per_s_coverage_twice"] > 0 for r in res["env"])
+    md = (tmp_path / "perf.md").read_text()
+    assert "| lowdim | small | ddim-2 | 1 | onnx | no | onnx |" in md and "| fast |" in md and "| PushT keypoints | 2 |" in md

@@ -110,6 +110,26 @@ def test_bad_observations_raise_clear_errors():
         dict_agent.predict(np.zeros(7, np.float32))
 
 
+def test_absurd_observation_empty_batch_and_changing_batch_size_raise():
+    agent = DiffusionAgent(tiny_policy())
+    huge = np.full((1, OBS_DIM), 1e38, np.float32)
+    with pytest.raises(ValueError, match="far outside the training data's range"):
+        agent.predict(huge, episode_start=np.array([True]))
+    agent.predict(np.full((1, OBS_DIM), 600.0, np.float32), episode_start=np.array([True]))  # a little outside: planned
+    with pytest.raises(ValueError, match="batch is empty"):
+        agent.predict(np.zeros((0, OBS_DIM), np.float32))
+    agent = DiffusionAgent(tiny_policy())
+    agent.predict(obs_batch(3), episode_start=np.ones(3, bool))
+    queued = [len(q) for q in agent._queues]
+    with pytest.raises(ValueError, match="batch has 2 envs but the agent tracks 3"):
+        agent.predict(obs_batch(2))
+    assert [len(q) for q in agent._queues] == queued, "a refused call leaves the agent's state alone"
+    a, _ = agent.predict(obs_batch(2), episode_start=np.ones(2, bool))  # new episodes everywhere: allowed
+    assert a.shape == (2, ACT_DIM)
+    agent.reset(4)
+    assert agent.predict(obs_batch(4))[0].shape == (4, ACT_DIM)
+
+
 def test_dict_observations():
     agent = DiffusionAgent(tiny_policy(obs_shapes={"a": [3], "b": [4]}))
     a, _ = agent.predict({"a": np.ones((2, 3), np.float32), "b": np.ones((2, 4), np.float32), "ignored": np.zeros(2)})
@@ -159,3 +179,48 @@ def test_sb3_evaluate_policy_on_vec_env():
     # each episode re-planned from scratch: ceil(12/8)=2 chunks per env per episode, batched over envs
     assert agent.n_replans >= 4
     vec.close()
+
+
+# --- episodes on vector envs in every autoreset mode ------------------------------------------
+
+def _episode_alone(policy, seed, max_steps, index):
+    """Episode ``index`` of a single env first reset with ``seed``, driven by hand (the reference)."""
+    from dp_gym.episodes import episode_noise_key
+
+    env = gym.make("dp_gym/PushT-v0", obs_type="keypoints", max_episode_steps=max_steps)
+    agent = DiffusionAgent(policy)
+    agent.reset(1)
+    for k in range(index + 1):
+        obs, _ = env.reset(seed=seed if k == 0 else None)
+        agent.set_noise_key(0, episode_noise_key(seed, 0, k))
+        actions, start, done = [], True, False
+        while not done:
+            a, _ = agent.predict(obs, episode_start=np.array([start]), deterministic=True)
+            obs, _, term, trunc, _ = env.step(a)
+            actions.append(a)
+            start, done = False, term or trunc
+    return np.asarray(actions)
+
+
+@pytest.mark.parametrize("mode", ["NEXT_STEP", "SAME_STEP", "DISABLED"])
+def test_run_episodes_gives_each_episode_its_actions_alone_in_every_autoreset_mode(mode):
+    from dp_gym.episodes import run_episodes
+
+    policy = tiny_policy()
+    lengths = [11, 6]  # episodes end out of step, and mid-chunk (Ta = 8)
+    fns = [lambda n=n: gym.make("dp_gym/PushT-v0", obs_type="keypoints", max_episode_steps=n) for n in lengths]
+    vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode[mode])
+    agent = DiffusionAgent(policy)
+    episodes = run_episodes(agent, vec, n_episodes=5, seed=[100000, 100001])
+    assert [(e.env_index, e.index) for e in episodes] == [(1, 0), (0, 0), (1, 1), (1, 2), (0, 1)]
+    for e in episodes:
+        assert e.length == lengths[e.env_index] and e.seed == 100000 + e.env_index
+        assert "coverage" in e.info and e.max_reward >= 0
+        alone = _episode_alone(policy, e.seed, lengths[e.env_index], e.index)
+        # equal up to float rounding (a batch of 2 runs other kernels than a batch of 1); a chunk
+        # planned from another episode's observations would differ by tens of pixels
+        np.testing.assert_allclose(e.actions, alone, rtol=0, atol=1e-2, err_msg=f"{mode}: env {e.env_index} episode {e.index}")
+    # a plain env through the same helper
+    plain = run_episodes(DiffusionAgent(policy), gym.make("dp_gym/PushT-v0", obs_type="keypoints", max_episode_steps=6),
+                         n_episodes=2, seed=100001)
+    np.testing.assert_array_equal(plain[1].actions, _episode_alone(policy, 100001, 6, 1))

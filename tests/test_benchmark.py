@@ -185,6 +185,143 @@ def test_noise_scale_flag_reaches_the_sampler_and_is_recorded(tmp_path, monkeypa
     bc = make_policy("bc", dict(obs_shapes={"obs": [20]}, action_dim=2, n_obs_steps=2, n_action_steps=8))
     bc.fit_normalizers({"obs": torch.rand(64, 20) * 512, "action": torch.rand(64, 2) * 512})
     DiffusionAgent(bc.eval()).save(tmp_path / "bc")
-    with pytest.raises(ValueError, match="diffusion policies only"):
-        main(["--task", "pusht_short", "--policy", f"bc={tmp_path / 'bc'}", "--seeds", "100000:100001", "--n-envs", "1",
-              "--videos", "0", "--latency-repeats", "0", "--noise-scale", "0", "--out-dir", str(tmp_path / "bcout")])
+    assert main(["--task", "pusht_short", "--policy", f"bc={tmp_path / 'bc'}", "--seeds", "100000:100001", "--n-envs", "1",
+                 "--videos", "0", "--latency-repeats", "0", "--noise-scale", "0", "--out-dir", str(tmp_path / "bcout")]) == 1
+    assert "diffusion policies only" in json.loads((tmp_path / "bcout" / "results.json").read_text())["results"]["bc"]["error"]
+
+
+# --- episode log, resume, crashes, failing policies -------------------------------------------
+
+@pytest.fixture
+def pusht_short(monkeypatch):
+    task = dataclasses.replace(short_task(), name="pusht_short")
+    monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_short", task)
+    return task
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+
+
+def test_killed_benchmark_resumes_with_only_the_missing_episodes(tmp_path, pusht_short, monkeypatch):
+    DiffusionAgent(tiny_policy()).save(tmp_path / "ckpt")
+    cfg = dict(task="pusht_short", policies=[f"tiny={tmp_path / 'ckpt'}"], seeds="100000:100005", n_envs=2, videos=0,
+               latency_repeats=0)
+    full = run(BenchmarkConfig(**cfg, out_dir=str(tmp_path / "full")))["tiny"]
+    assert sorted(r["seed"] for r in _log(tmp_path / "full")) == list(range(100000, 100005))
+
+    real_predict, calls = DiffusionAgent.predict, []
+
+    def predict_then_die(self, *a, **kw):  # the process is killed part-way through
+        calls.append(1)
+        if len(calls) > 2 * EP_LEN + 1:
+            raise KeyboardInterrupt
+        return real_predict(self, *a, **kw)
+
+    monkeypatch.setattr(DiffusionAgent, "predict", predict_then_die)
+    part = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        run(BenchmarkConfig(**cfg, out_dir=str(part)))
+    first = [r["seed"] for r in _log(part)]
+    assert 2 <= len(first) < 5 and not (part / "results.json").exists()
+    with open(part / "episodes.jsonl", "a") as f:
+        f.write('{"policy": "tiny", "checkpoint": "')  # a line torn by the kill
+    monkeypatch.setattr(DiffusionAgent, "predict", real_predict)
+    ran = []
+    monkeypatch.setattr(DiffusionAgent, "set_noise_key", lambda self, i, key: (ran.append(key), real_set(self, i, key)))
+    resumed = run(BenchmarkConfig(**cfg, out_dir=str(part), resume=True))["tiny"]
+    assert sorted(ran) == sorted(set(range(100000, 100005)) - set(first)), "only the missing episodes run"
+    assert sorted(r["seed"] for r in _log(part)) == list(range(100000, 100005))
+    assert resumed["episodes"] == full["episodes"] == 5 and resumed["success_rate"] == full["success_rate"]
+    np.testing.assert_allclose(resumed["per_episode"]["max_reward"], full["per_episode"]["max_reward"], atol=1e-3)
+    assert resumed["per_episode"]["length"] == full["per_episode"]["length"]
+    # options that change the episodes cannot be mixed into a resumed run
+    with pytest.raises(ValueError, match="--num-inference-steps: saved None, now 2"):
+        run(BenchmarkConfig(**cfg, out_dir=str(part), resume=True, num_inference_steps=2))
+
+
+real_set = DiffusionAgent.set_noise_key
+
+
+class _CrashingEnv(__import__("gymnasium").Wrapper):
+    """Dies like a killed async worker (EOFError): always on seed 100001, once on seed 100002."""
+
+    crashed_once: set = set()
+
+    def reset(self, *, seed=None, options=None):
+        self._seed = seed if seed is not None else getattr(self, "_seed", None)
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self._seed == 100001 or (self._seed == 100002 and 100002 not in self.crashed_once):
+            self.crashed_once.add(self._seed)
+            raise EOFError("worker died")
+        return self.env.step(action)
+
+
+def test_crashed_env_is_retried_once_then_recorded_as_errored(tmp_path, pusht_short, monkeypatch):
+    import gymnasium as gym
+
+    env_id = "dp_gym_test/Crashing-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=lambda **kw: _CrashingEnv(gym.make("dp_gym/PushT-v0", **kw)))
+    _CrashingEnv.crashed_once = set()
+    monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_short", dataclasses.replace(pusht_short, env_id=env_id))
+    DiffusionAgent(tiny_policy()).save(tmp_path / "ckpt")
+    res = run(BenchmarkConfig(task="pusht_short", policies=[f"tiny={tmp_path / 'ckpt'}"], seeds="100000:100004", n_envs=2,
+                              videos=0, latency_repeats=0, out_dir=str(tmp_path / "out")))["tiny"]
+    assert res["episodes"] == 3 and res["errored_episodes"] == 1
+    assert res["errors"] == [{"seed": 100001, "error": "EOFError: worker died"}]
+    assert res["per_episode"]["length"] == [EP_LEN, None, EP_LEN, EP_LEN]  # 100002 succeeded on its retry
+    log = {r["seed"]: r for r in _log(tmp_path / "out")}
+    assert sorted(log) == [100000, 100001, 100002, 100003] and "error" in log[100001]
+
+
+def test_one_bad_policy_does_not_cost_the_others_their_results(tmp_path, pusht_short, capsys):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    DiffusionAgent(tiny_policy()).save(tmp_path / "good")
+    DiffusionAgent(tiny_policy()).save(tmp_path / "bad")
+    file = tmp_path / "bad" / "model.safetensors"
+    tensors = load_file(str(file))
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata()
+    tensors["action_normalizer.scale"] = tensors["action_normalizer.scale"] * float("nan")
+    save_file(tensors, str(file), metadata=meta)
+    out = tmp_path / "out"
+    assert main(["--task", "pusht_short", "--policy", f"bad={tmp_path / 'bad'}", "--policy", f"good={tmp_path / 'good'}",
+                 "--seeds", "100000:100002", "--n-envs", "2", "--videos", "0", "--latency-repeats", "0", "--out-dir", str(out)]) == 1
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert "non-finite" in results["bad"]["error"] and results["good"]["episodes"] == 2
+    captured = capsys.readouterr()
+    assert "pusht_short episodes" in captured.err  # progress bar over episodes
+    assert "| good | 2 |" in captured.out and "| bad | failed: CheckpointError" in captured.out  # the summary table
+    assert captured.err.strip().splitlines()[-1].startswith("error: 1 of 2 policies failed")
+
+
+def test_killed_async_env_worker_is_rebuilt_and_its_episodes_rerun(pusht_short, monkeypatch):
+    """A SIGKILLed worker process of an AsyncVectorEnv (EOFError in the parent): the env is rebuilt
+    and the episodes that were running are run again; the results equal an undisturbed run's."""
+    import os
+    import signal
+
+    import dp_gym.benchmark as bm
+
+    policy, seeds = tiny_policy(), [100000, 100001, 100002]
+    ref = evaluate_agent(DiffusionAgent(policy), pusht_short, seeds, n_envs=2, latency_repeats=0)
+    envs, real_make, real_predict, calls = [], bm.make_vector_env, DiffusionAgent.predict, []
+    monkeypatch.setattr(bm, "make_vector_env", lambda *a, **kw: envs.append(real_make(*a, **kw)) or envs[-1])
+
+    def predict_and_kill_once(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(envs[0].processes[1].pid, signal.SIGKILL)
+        return real_predict(self, *a, **kw)
+
+    monkeypatch.setattr(DiffusionAgent, "predict", predict_and_kill_once)
+    res = evaluate_agent(DiffusionAgent(policy), pusht_short, seeds, n_envs=2, vector="async", latency_repeats=0)
+    assert len(envs) >= 2, "the crashed vector env was rebuilt"
+    assert res["episodes"] == 3 and "errors" not in res
+    np.testing.assert_allclose(res["per_episode"]["max_reward"], ref["per_episode"]["max_reward"], atol=1e-3)
+    assert res["per_episode"]["length"] == ref["per_episode"]["length"]

@@ -13,11 +13,15 @@ from safetensors.torch import load_file, save_file
 
 import dp_gym.train as train_mod
 from dp_gym import tasks as tasks_mod
-from dp_gym.checkpoint import FORMAT_VERSION, META_KEY, load_policy, load_tensors, save_policy
+from dp_gym.checkpoint import FORMAT_VERSION, META_KEY, CheckpointError, load_policy, load_tensors, save_policy
 from dp_gym.data.replay import EpisodeData
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.policy import DiffusionPolicy
 from dp_gym.train import TrainConfig, train
+
+
+# The toy runs are shorter than the default warm-up on purpose (the learning rate stays positive).
+pytestmark = pytest.mark.filterwarnings("ignore:--steps .* is below --warmup-steps")
 
 
 def tiny_policy() -> DiffusionPolicy:
@@ -101,10 +105,54 @@ def test_tampered_format_version_raises(tmp_path):
 def test_missing_tensor_or_file_raises(tmp_path):
     d = save_policy(tiny_policy(), tmp_path / "ckpt")
     _rewrite(d / "model.safetensors", mutate_tensors=lambda t: t.pop("action_normalizer.scale"))
-    with pytest.raises(RuntimeError, match="action_normalizer.scale"):
+    with pytest.raises(CheckpointError, match="action_normalizer.scale"):
         load_policy(d)
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         load_policy(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("horizon", 10**18, "horizon must be <= 65536"),
+    ("horizon", 1e18, "horizon must be int"),
+    ("action_dim", 10**12, "action_dim must be <= 65536"),
+    ("down_dims", "wide", "down_dims must be list"),
+    ("obs_shapes", {"obs": "3"}, "obs_shapes must be dict"),
+    ("sampler", 3, "sampler must be str"),
+    ("obs_noise_std", float("nan"), "obs_noise_std must be finite"),
+    ("n_emb", 0, "n_emb must be >= 1"),
+])
+def test_invalid_embedded_config_is_refused_at_load(tmp_path, field, value, message):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m["policy_config"].update({field: value}))
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_policy(d)
+    assert str(d / "model.safetensors") in str(e.value)
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    key = next(k for k in tiny_policy().state_dict() if "denoiser" in k and k.endswith("weight"))
+
+    def poison(t):
+        t[key] = t[key].clone()
+        t[key].view(-1)[0] = float("nan")
+
+    _rewrite(d / "model.safetensors", mutate_tensors=poison)
+    with pytest.raises(CheckpointError, match="non-finite.*" + key.replace(".", r"\.")):
+        load_policy(d)
+
+
+def test_broken_checkpoint_metadata_is_refused(tmp_path):
+    d = save_policy(tiny_policy(), tmp_path / "ckpt")
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.update(policy_type="gan"))
+    with pytest.raises(CheckpointError, match="unknown policy_type 'gan'"):
+        load_policy(d)
+    _rewrite(d / "model.safetensors", mutate_meta=lambda m: m.update(policy_type="diffusion", policy_config=[1]))
+    with pytest.raises(CheckpointError, match="policy_config must be a JSON object"):
+        load_policy(d)
+    (d / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_policy(d)
 
 
 # --- train() end to end ---------------------------------------------------------------------
@@ -224,6 +272,94 @@ def test_resume_is_exact(tmp_path, toy_task, monkeypatch, variant):
     assert [r["step"] for r in rb] == [10, 20, 30]
     for x, y in zip(ra, rb):
         assert x["loss"] == y["loss"] and x["val_loss"] == y["val_loss"] and x["lr"] == y["lr"]
+
+
+@pytest.mark.parametrize("field", ["checkpoint_every", "log_every", "eval_episodes"])
+def test_zero_intervals_are_refused_up_front(field):
+    with pytest.raises(ValueError, match=f"{field} must be >= 1, got 0"):
+        TrainConfig(**{field: 0})
+
+
+def test_second_trainer_on_the_same_out_dir_is_refused(tmp_path, toy_task):
+    out = tmp_path / "run"
+    out.mkdir()
+    with train_mod.RunDirLock(out):  # another trainer holds the folder
+        with pytest.raises(RuntimeError, match="in use by another trainer"):
+            train(_cfg(out, steps=10))
+        assert not (out / "metrics.jsonl").exists()
+    train(_cfg(out, steps=10))  # released: the folder can be trained into again
+    assert (out / "checkpoints" / "latest" / "model.safetensors").exists()
+    # the same between processes: a trainer in another process holds the folder
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dp_gym.train import RunDirLock; "
+                               f"lock = RunDirLock({str(out)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match="in use by another trainer"):
+            train(_cfg(out, steps=20, resume=True))
+    finally:
+        holder.kill()
+        holder.wait()
+    train(_cfg(out, steps=20, resume=True))  # the killed holder's lock is gone with it
+
+
+def test_stale_temporary_files_are_removed_at_start(tmp_path, toy_task):
+    out = tmp_path / "run"
+    train(_cfg(out, steps=10))
+    stale = [out / ".trainer_state.safetensors.k1ll3d.tmp", out / "checkpoints" / "latest" / ".model.safetensors.abc.tmp"]
+    for f in stale:
+        f.write_bytes(b"\0" * 1000)
+    keep = out / "notes.tmp"  # not an atomic-write temporary
+    keep.write_text("mine")
+    train(_cfg(out, steps=20, resume=True))
+    assert not any(f.exists() for f in stale) and keep.exists()
+
+
+def test_resume_refuses_fewer_steps_and_changed_options(tmp_path, toy_task):
+    out = tmp_path / "run"
+    train(_cfg(out, steps=20))
+    saved = (out / "train_config.json").read_text()
+    with pytest.raises(ValueError, match="--steps 10 is below the saved run's step 20"):
+        train(_cfg(out, steps=10, resume=True))
+    with pytest.raises(ValueError, match=r"--lr: saved 0.0001, now 0.001.*--seed: saved 42, now 1"):
+        train(_cfg(out, steps=30, resume=True, lr=1e-3, seed=1))
+    assert (out / "train_config.json").read_text() == saved
+    assert [r["step"] for r in _rows(out)] == [10, 20]
+    train(_cfg(out, steps=30, resume=True, log_every=5, num_threads=1))  # harmless changes are fine
+
+
+def test_resume_trims_metrics_logged_after_the_last_checkpoint(tmp_path, toy_task, monkeypatch):
+    out = tmp_path / "run"
+    real = train_mod.cosine_with_warmup
+
+    def die_at_26(step, warmup, total):
+        if step == 26:
+            raise _Killed
+        return real(step, warmup, total)
+
+    monkeypatch.setattr(train_mod, "cosine_with_warmup", die_at_26)
+    with pytest.raises(_Killed):
+        train(_cfg(out, log_every=5))
+    assert [r["step"] for r in _rows(out)] == [5, 10, 15, 20, 25]  # checkpoint at 20, rows up to 25
+    monkeypatch.setattr(train_mod, "cosine_with_warmup", real)
+    train(_cfg(out, log_every=5, resume=True))
+    assert [r["step"] for r in _rows(out)] == [5, 10, 15, 20, 25, 30]
+    csv_steps = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert csv_steps == ["5", "10", "15", "20", "25", "30"]
+
+
+def test_steps_below_warmup_warns(tmp_path, toy_task):
+    with pytest.warns(UserWarning, match="--steps 10 is below --warmup-steps 500"):
+        train(_cfg(tmp_path / "run", steps=10, warmup_steps=500))
+
+
+def test_refused_run_leaves_no_output_folder(tmp_path, toy_task):
+    with pytest.raises(ValueError, match="unknown model size"):
+        train(_cfg(tmp_path / "x", model_size="huge"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_config_validation(tmp_path, toy_task):

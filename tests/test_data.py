@@ -13,6 +13,7 @@ import torch
 from dp_gym.data.normalizer import MinMaxNormalizer
 from dp_gym.data.replay import EpisodeData, read_zarr_replay
 from dp_gym.data.sequence import SequenceDataset, split_episodes, window_frame_indices
+from dp_gym.data.integrity import SKIP_ENV, DatasetIntegrityError
 from dp_gym.paths import DatasetNotFoundError, dataset_path
 
 zarr = pytest.importorskip("zarr")
@@ -314,9 +315,81 @@ def test_dataset_path_error_message(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError, match=re.escape(str((tmp_path / "env_dir" / rel).resolve()))) as exc:
         dataset_path(rel)
     assert "$DP_GYM_DATA_DIR" in str(exc.value)
-    # present → returned
+    # present but not the known dataset (empty) → refused; with the opt-out → returned
     (tmp_path / "pusht" / "pusht_cchi_v7_replay.zarr").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(DatasetIntegrityError, match="819 file"):
+        dataset_path(rel, tmp_path)
+    monkeypatch.setenv(SKIP_ENV, "1")
     assert dataset_path(rel, tmp_path) == tmp_path / rel
+
+
+# --- integrity: manifests, decode errors, non-finite values ---------------------------------
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_known_dataset_verified_once_and_mismatch_names_the_file(data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from dp_gym.data import integrity
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    rel = "kitchen/kitchen_complete-v0.hdf5"
+    copy = tmp_path / "data" / rel
+    copy.parent.mkdir(parents=True)
+    shutil.copy2(data_dir / rel, copy)
+    assert integrity.verify_dataset(copy, integrity.MANIFESTS[rel]) is True  # hashed
+    assert (tmp_path / "cache" / "dp_gym" / "verified_datasets.json").is_file()
+    monkeypatch.setattr(integrity, "sha256_file", lambda p: pytest.fail("re-hashed a verified, unchanged dataset"))
+    assert integrity.verify_dataset(copy, integrity.MANIFESTS[rel]) is False  # remembered
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _flip_byte(copy, 5000)  # size unchanged, mtime changed → hashed again
+    with pytest.raises(DatasetIntegrityError, match=re.escape(str(copy.resolve())) + ".*does not match the SHA-256"):
+        dataset_path(rel, tmp_path / "data")
+    monkeypatch.setenv(SKIP_ENV, "1")  # deliberately modified data
+    assert dataset_path(rel, tmp_path / "data") == copy
+
+
+def test_flipped_bit_in_pusht_zarr_chunk_is_refused_naming_the_chunk(data_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from dp_gym.tasks import get_task
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    rel = "pusht/pusht_cchi_v7_replay.zarr"
+    shutil.copytree(data_dir / rel, tmp_path / rel)
+    chunk = tmp_path / rel / "data" / "action" / "3.0"
+    _flip_byte(chunk, chunk.stat().st_size // 2)
+    with pytest.raises(DatasetIntegrityError, match=re.escape(str(chunk.resolve()))):
+        get_task("pusht_keypoints").load_dataset(str(tmp_path))
+
+
+def test_undecodable_zarr_chunk_error_names_the_chunk_file(tmp_path):
+    path = tmp_path / "replay.zarr"
+    _write_replay(path)
+    chunk = path / "data" / "obs" / "1.0"
+    chunk.write_bytes(b"not a blosc chunk" * 4)  # the codec cannot decode it
+    with pytest.raises(IOError, match=re.escape(str(chunk)) + ": chunk cannot be decoded"):
+        read_zarr_replay(path)
+
+
+def test_non_finite_values_refused_in_every_episode_naming_key_and_frame(tmp_path):
+    path = tmp_path / "replay.zarr"
+    action, obs, ends = _write_replay(path)
+    root = zarr.open_group(str(path), mode="a")
+    obs[20, 3] = np.inf  # last episode (a validation episode for some splits)
+    root["data/obs"][:] = obs
+    with pytest.raises(ValueError, match=r"replay.zarr: array 'obs' holds NaN or inf at frame 20 \(episode 2\)"):
+        read_zarr_replay(path)
+    with pytest.raises(ValueError, match=r"array 'action' holds NaN or inf at frame 3 \(episode 0\)"):
+        EpisodeData({"action": np.where(np.arange(10)[:, None] == 3, np.nan, 0.0)}, np.array([5, 10]))
 
 
 # --- the real Push-T data -------------------------------------------------------------------

@@ -149,11 +149,18 @@ def test_image_policy_loss_and_sampling_shapes(cameras, denoiser):
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 5), ("ddim", 3)])
-def test_encoder_runs_once_per_predict(sampler, steps):
+def test_encoder_runs_once_per_predict(sampler, steps, monkeypatch):
+    monkeypatch.setenv("DP_GYM_ACCELERATE", "eager")  # the denoiser's trunk runs in Python, so it can be counted
     p = image_policy().eval()
     calls = {"encoder": 0, "denoiser": 0}
     p.image_encoder.register_forward_hook(lambda *a: calls.__setitem__("encoder", calls["encoder"] + 1))
-    p.denoiser.register_forward_hook(lambda *a: calls.__setitem__("denoiser", calls["denoiser"] + 1))
+    denoise = p.denoiser.denoise  # one trunk pass per denoising step (the conditioning is computed once)
+
+    def counted(*a):
+        calls["denoiser"] += 1
+        return denoise(*a)
+
+    monkeypatch.setattr(p.denoiser, "denoise", counted)
     agent = DiffusionAgent(p)
     agent.sample_kwargs = {"sampler": sampler, "num_inference_steps": steps}
     obs = {"cam": np.zeros((2, *IMG), np.uint8), "agent_pos": np.ones((2, 2), np.float32)}

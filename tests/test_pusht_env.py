@@ -285,3 +285,24 @@ def test_check_env(obs_type):
         warnings.filterwarnings("ignore", message=".*symmetric and normalized space.*")
         warnings.filterwarnings("ignore", message=".*environment not having a spec.*")
         check_env(env)
+
+
+def test_coverage_computed_once_per_step_and_equal_to_gym_pusht(monkeypatch):
+    import dp_gym.envs.pusht as pusht_mod
+
+    env = PushTEnv(obs_type="keypoints")
+    env.reset(seed=3)
+    built = []
+    real = pusht_mod.pymunk_to_shapely
+    monkeypatch.setattr(pusht_mod, "pymunk_to_shapely", lambda body, shapes: built.append(body) or real(body, shapes))
+    rng = np.random.default_rng(0)
+    block_moved = False
+    for _ in range(40):
+        before = len(built)
+        start = env.block.position
+        _, reward, _, _, info = env.step(rng.uniform(150, 350, size=2))
+        block_moved |= env.block.position != start
+        assert len(built) - before <= 1  # only the block's polygon, and only once (goal polygon cached)
+        assert info["coverage"] == pusht_mod._GymPushTEnv._get_coverage(env)
+        assert reward == np.clip(info["coverage"] / 0.95, 0, 1)
+    assert block_moved and any(b is env.block for b in built)

@@ -94,7 +94,7 @@ def test_export_stores_half_precision_and_loads_close_to_float32(tmp_path, tmp_z
     for (k, a), b in zip(policy.state_dict().items(), full.state_dict().values()):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-3 * max(1.0, float(b.abs().max())), rtol=1e-3, msg=k)
-    assert check_golden(entry) == 0.0
+    assert check_golden(entry) < 1e-5  # eager gives the stored actions exactly; the ONNX path to float rounding
 
 
 def test_golden_check_catches_a_changed_policy(tmp_zoo):

@@ -29,6 +29,12 @@ class EpisodeData:
         for key, arr in self.arrays.items():
             if len(arr) != n:
                 raise ValueError(f"array {key!r} has {len(arr)} frames but episode_ends[-1] = {n}")
+            if np.issubdtype(arr.dtype, np.inexact) and not np.isfinite(arr).all():
+                frame = int(np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0])
+                episode = int(np.searchsorted(ends, frame, side="right"))
+                source = f"{self.meta['source']}: " if self.meta.get("source") else ""
+                raise ValueError(f"{source}array {key!r} holds NaN or inf at frame {frame} (episode {episode}); "
+                                 "the dataset is refused")
         self.episode_ends = ends
 
     @property
@@ -75,14 +81,26 @@ def read_zarr_replay(path: str | Path, keys: list[str] | None = None, uint8_keys
     if missing:
         raise KeyError(f"{path}: missing data keys {missing}; available: {available}")
 
+    def read(arr, a: int | None = None, b: int | None = None) -> np.ndarray:
+        try:
+            return arr[a:b]
+        except Exception as e:  # the codec's own error type (blosc, zlib, ...) varies
+            for idx, key in _chunk_keys(arr):  # name the chunk that does not decode
+                try:
+                    arr.get_block_selection(idx)
+                except Exception:
+                    raise IOError(f"{path / key}: chunk cannot be decoded ({type(e).__name__}: {e}); the dataset is "
+                                  "corrupt, re-download or re-copy it") from e
+            raise
+
     def load(arr, name: str) -> np.ndarray:
         _check_all_chunks_present(arr, f"{path}/{name}")
         if name.removeprefix("data/") not in uint8_keys or arr.dtype == np.uint8:
-            return arr[:]
+            return read(arr)
         out = np.empty(arr.shape, dtype=np.uint8)
         step = max(1, arr.chunks[0])
         for a in range(0, arr.shape[0], step):
-            block = arr[a : a + step]
+            block = read(arr, a, a + step)
             if block.min() < 0 or block.max() > 255 or not np.array_equal(block, np.round(block)):
                 raise ValueError(f"{path}/{name}: frames {a}..{a + len(block)} are not whole numbers in 0..255; cannot store as uint8")
             out[a : a + step] = block
@@ -93,16 +111,22 @@ def read_zarr_replay(path: str | Path, keys: list[str] | None = None, uint8_keys
     return EpisodeData(arrays=arrays, episode_ends=ends, meta={"source": str(path)})
 
 
-def _check_all_chunks_present(arr, name: str) -> None:
-    store = arr.store
+def _chunk_keys(arr):
+    """``(chunk index, store key)`` of every chunk of a zarr v2 array."""
     prefix = arr.path + "/" if arr.path else ""
     sep = getattr(arr, "_dimension_separator", None) or "."
-    grid = [math.ceil(s / c) if s else 0 for s, c in zip(arr.shape, arr.chunks)]
     if arr.shape == ():
-        grid = []
+        yield (), prefix + "0"
+        return
+    grid = [math.ceil(s / c) if s else 0 for s, c in zip(arr.shape, arr.chunks)]
+    for idx in np.ndindex(*grid):
+        yield idx, prefix + sep.join(str(i) for i in idx)
+
+
+def _check_all_chunks_present(arr, name: str) -> None:
+    store = arr.store
     missing = []
-    for idx in np.ndindex(*grid) if grid else [()]:
-        key = prefix + (sep.join(str(i) for i in idx) if idx else "0")
+    for _, key in _chunk_keys(arr):
         if key not in store:
             missing.append(key)
             if len(missing) >= 5:

@@ -42,6 +42,7 @@ import numpy as np
 
 from dp_gym.checkpoint import atomic_write
 from dp_gym.data.replay import EpisodeData
+from dp_gym.utils.cli import option, parse_config, run_cli
 
 __all__ = [
     "RobomimicEpisode",
@@ -409,24 +410,36 @@ def merge_robomimic_hdf5(sources: Sequence[str | Path], dst: str | Path) -> int:
     return len(list_demos(dst))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dp_gym.data.robomimic SRC DST --cameras agentview,robot0_eye_in_hand``: regenerate
-    observations (with camera images) from the stored states of SRC into DST."""
-    import argparse
+@dataclass
+class ReplayConfig:
+    """``python -m dp_gym.data.robomimic SRC DST``: regenerate observations (with camera images) from
+    the stored simulator states of SRC into DST."""
 
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--cameras", default="agentview,robot0_eye_in_hand")
-    p.add_argument("--image-size", type=int, default=84)
-    p.add_argument("--filter-key", default=None)
-    p.add_argument("--max-episodes", type=int, default=None)
-    args = p.parse_args(argv)
+    src: str = option(help="robomimic HDF5 file with stored simulator states", positional=True)
+    dst: str = option(help="HDF5 file to write, observations regenerated with the cameras", positional=True)
+    cameras: str = option("agentview,robot0_eye_in_hand", "comma-separated cameras to render")
+    image_size: int = option(84, "camera image height and width")
+    filter_key: str | None = option(None, "only the demos of this mask/ filter key; unset: all")
+    max_episodes: int | None = option(None, "at most this many demos; unset: all")
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1 or (self.max_episodes is not None and self.max_episodes < 1):
+            raise ValueError(f"--image-size and --max-episodes must be >= 1, got {self.image_size} and {self.max_episodes}")
+        if not Path(self.src).is_file():
+            raise FileNotFoundError(f"robomimic file not found: {self.src}")
+
+
+def _main(argv: list[str]) -> int:
+    args = parse_config(ReplayConfig, argv, description=ReplayConfig.__doc__, prog="python -m dp_gym.data.robomimic")
     cams = tuple(c for c in args.cameras.split(",") if c)
     n = replay_states_to_hdf5(args.src, args.dst, cameras=cams, image_size=args.image_size,
                               filter_key=args.filter_key, max_episodes=args.max_episodes)
     print(f"wrote {n} demos with cameras {list(cams)} to {args.dst}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", UserWarning)
     from gym_pusht.envs.pusht import PushTEnv as _GymPushTEnv
+    from gym_pusht.envs.pusht import pymunk_to_shapely
 
 __all__ = ["PushTEnv", "keypoints_from_state", "BLOCK_LOCAL_KEYPOINTS", "OBS_TYPES", "GOAL_POSE"]
 
@@ -195,6 +196,8 @@ class PushTEnv(_GymPushTEnv):
         assert self.dt == SIM_DT and self.control_hz == CONTROL_HZ and (self.k_p, self.k_v) == (100, 20)
         self._elapsed_steps = 0
         self._needs_reset = True
+        self._goal_geom: tuple[tuple, Any] | None = None  # (key, shapely goal T)
+        self._coverage: tuple[tuple, float] | None = None  # (key, coverage of that block pose)
 
     # ------------------------------------------------------------------ spaces
     def _initialize_observation_space(self) -> None:
@@ -246,6 +249,22 @@ class PushTEnv(_GymPushTEnv):
         if self.obs_type == "pixels":
             return pixels
         return {"pixels": pixels, "agent_pos": state[:2].astype(np.float32)}
+
+    def _get_coverage(self) -> float:
+        """gym-pusht's coverage (area of block ∩ goal T / goal area, same shapely computation),
+        computed once per block pose: gym-pusht's step asks for it and then calls our _get_info,
+        which needs it too. The goal polygon is built once per goal pose and block."""
+        block = self.block
+        key = (id(block), *block.position, block.angle)
+        if self._coverage is not None and self._coverage[0] == key:
+            return self._coverage[1]
+        goal_key = (id(block), *np.asarray(self.goal_pose, dtype=np.float64).tolist())
+        if self._goal_geom is None or self._goal_geom[0] != goal_key:
+            self._goal_geom = (goal_key, pymunk_to_shapely(self.get_goal_pose_body(self.goal_pose), block.shapes))
+        goal = self._goal_geom[1]
+        coverage = goal.intersection(pymunk_to_shapely(block, block.shapes)).area / goal.area
+        self._coverage = (key, coverage)
+        return coverage
 
     def _get_info(self) -> dict[str, Any]:
         coverage = float(self._get_coverage())

@@ -4,8 +4,11 @@ which are part of the checkpoint format)."""
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import torch
 from torch import nn
@@ -13,6 +16,41 @@ from torch import nn
 from dp_gym.data.normalizer import MinMaxNormalizer
 
 C = TypeVar("C", bound="ConfigDict")
+
+# Upper bound on every size a config names (dimensions, widths, horizons, step counts): a checkpoint
+# or override asking for more is refused before anything is allocated.
+MAX_SIZE = 1 << 16
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _conforms(value: Any, tp: Any) -> bool:
+    """Whether a JSON-decoded ``value`` fits the annotation ``tp`` (int, float, bool, str, list[X],
+    dict[K, V], unions / Optional, Any). bool is not an int here, an int is a float."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, t) for t in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_conforms(v, item) for v in value)
+    if origin is dict:
+        k_tp, v_tp = typing.get_args(tp) or (Any, Any)
+        return isinstance(value, dict) and all(_conforms(k, k_tp) and _conforms(v, v_tp) for k, v in value.items())
+    return isinstance(value, tp) if isinstance(tp, type) else True
 
 
 class ConfigDict:
@@ -23,10 +61,21 @@ class ConfigDict:
 
     @classmethod
     def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        """Build the config from a JSON dict (a checkpoint's or ``--policy-overrides``): unknown
+        keys, values of the wrong type and non-finite numbers raise ``ValueError`` naming the field;
+        ``__post_init__`` then checks values and bounds."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            if not _conforms(value, hints[name]):
+                raise ValueError(f"{cls.__name__}.{name} must be {_type_name(hints[name])}, got {value!r} ({type(value).__name__})")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{cls.__name__}.{name} must be finite, got {value!r}")
         return cls(**d)
 
     @property
@@ -62,9 +111,17 @@ def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_image
         if not (is_lowdim or is_image):
             expected = "(D,) low-dim or (H, W, C) image with C in 1 or 3" if allow_images else "(D,) low-dim"
             raise ValueError(f"observation {key!r}: expected a {expected} shape, got {shape}")
+        if max(shape) > MAX_SIZE:
+            raise ValueError(f"observation {key!r}: shape {shape} exceeds the largest supported size {MAX_SIZE}")
     for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", *positive):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+        if getattr(cfg, name) > MAX_SIZE:
+            raise ValueError(f"{name} must be <= {MAX_SIZE}, got {getattr(cfg, name)}")
+    for name in ("down_dims", "hidden_dims"):
+        widths = getattr(cfg, name, None) or []
+        if any(not 1 <= int(w) <= MAX_SIZE for w in widths):
+            raise ValueError(f"{name} must hold widths in 1..{MAX_SIZE}, got {list(widths)}")
     if cfg.n_obs_steps + cfg.n_action_steps - 1 > cfg.horizon:
         raise ValueError(
             f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "

@@ -61,7 +61,9 @@ class DiffusionConfig(ConfigDict):
 
     def __post_init__(self) -> None:
         validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps", "image_feature_dim",
-                                               "spatial_softmax_keypoints", "group_norm_group_size"), allow_images=True)
+                                               "spatial_softmax_keypoints", "group_norm_group_size", "kernel_size",
+                                               "n_groups", "diffusion_step_embed_dim", "n_layer", "n_head", "n_emb"),
+                               allow_images=True)
         if self.crop_shape is not None:
             self.crop_shape = [int(c) for c in self.crop_shape]
             if len(self.crop_shape) != 2 or min(self.crop_shape) < 1:

@@ -124,7 +124,7 @@ class DiffusionPolicy(NormalizedPolicy):
         draws = 1 if (sampler or c.sampler) == "ddim" else steps
         return (draws, c.horizon, c.action_dim)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(
         self,
         obs: dict[str, torch.Tensor],

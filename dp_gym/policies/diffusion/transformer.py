@@ -280,14 +280,20 @@ class TransformerDenoiser(nn.Module):
                 f"got {tuple(cond.shape)}"
             )
         timestep = self._prepare_timestep(timestep, batch, sample.device)
+        return self.denoise(sample, self.condition(timestep, cond))
 
-        # condition tokens -> memory
-        time_tok = self.time_emb(timestep).to(dtype=sample.dtype)[:, None, :]  # (B, 1, n_emb)
+    def condition(self, timestep: Tensor, cond: Tensor) -> Tensor:
+        """(B,) diffusion steps and (B, n_obs_steps, cond_dim) features → the (B, 1 + n_obs_steps,
+        n_emb) memory the decoder cross-attends to. It depends on (step, observation) only, so a
+        sampler computes it for all its steps in one batched call rather than once per step."""
+        time_tok = self.time_emb(timestep).to(dtype=cond.dtype)[:, None, :]  # (B, 1, n_emb)
         obs_tok = self.cond_obs_emb(cond)  # (B, n_obs_steps, n_emb)
         cond_tok = torch.cat([time_tok, obs_tok], dim=1) + self.cond_pos_emb
-        memory = self.encoder(self.drop(cond_tok))
+        return self.encoder(self.drop(cond_tok))
 
-        # action tokens -> decoder
+    def denoise(self, sample: Tensor, memory: Tensor) -> Tensor:
+        """The decoder: (B, horizon, action_dim) and :meth:`condition`'s memory → the network
+        output, without input checks (it is also what gets exported)."""
         x = self.drop(self.input_emb(sample) + self.pos_emb)
         x = self.decoder(tgt=x, memory=memory, tgt_mask=self.tgt_mask, memory_mask=self.memory_mask)
         return self.head(self.ln_f(x))

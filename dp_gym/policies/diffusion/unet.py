@@ -38,7 +38,8 @@ class Conv1dBlock(nn.Sequential):
 
 class ConditionalResidualBlock1D(nn.Module):
     """Two conv blocks; the condition modulates the first block's output with a per-channel
-    FiLM scale and bias."""
+    FiLM scale and bias. ``film`` maps the condition vector to that (B, 2*out_ch) scale-and-bias;
+    ``forward`` takes its output, so a sampler can compute it once for every denoising step."""
 
     def __init__(self, in_ch: int, out_ch: int, cond_dim: int, kernel_size: int, n_groups: int) -> None:
         super().__init__()
@@ -48,9 +49,9 @@ class ConditionalResidualBlock1D(nn.Module):
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_ch))
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         h = self.block1(x)
-        scale, bias = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
+        scale, bias = film.unsqueeze(-1).chunk(2, dim=1)
         h = scale * h + bias
         h = self.block2(h)
         return h + self.residual(x)
@@ -116,6 +117,38 @@ class ConditionalUnet1D(nn.Module):
         self.final = nn.Sequential(
             Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], action_dim, 1)
         )
+        self.film_sizes = [2 * blk.out_ch for blk in self._res_blocks()]
+
+    def _res_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """Every residual block, in the order :meth:`denoise` applies them."""
+        blocks = [b for res1, res2, _ in self.down for b in (res1, res2)] + list(self.mid)
+        return blocks + [b for res1, res2, _ in self.up for b in (res1, res2)]
+
+    def condition(self, timestep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(B,) diffusion steps and (B, n_obs_steps, cond_dim) features → (B, sum(film_sizes)):
+        every residual block's FiLM scale and bias. It depends on (step, observation) only, so
+        a sampler computes it for all its steps in one batched call rather than once per step."""
+        B = cond.shape[0]
+        film = torch.cat([self.step_encoder(timestep), cond.reshape(B, -1)], dim=-1)
+        return torch.cat([blk.film(film) for blk in self._res_blocks()], dim=-1)
+
+    def denoise(self, sample: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """The convolutional trunk: (B, horizon, action_dim) and :meth:`condition`'s output →
+        the network output, without input checks (it is also what gets exported)."""
+        films = iter(torch.split(film, self.film_sizes, dim=1))
+        x = sample.transpose(1, 2)  # (B, A, T): convolve over time
+        skips = []
+        for res1, res2, down in self.down:
+            x = res2(res1(x, next(films)), next(films))
+            skips.append(x)
+            x = down(x)
+        for res in self.mid:
+            x = res(x, next(films))
+        for res1, res2, up in self.up:
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = res2(res1(x, next(films)), next(films))
+            x = up(x)
+        return self.final(x).transpose(1, 2)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         if sample.ndim != 3 or sample.shape[-1] != self.action_dim:
@@ -126,17 +159,4 @@ class ConditionalUnet1D(nn.Module):
         t = torch.as_tensor(timestep, device=sample.device)
         if t.ndim == 0:
             t = t.expand(B)
-        film = torch.cat([self.step_encoder(t), cond.reshape(B, -1)], dim=-1)
-        x = sample.transpose(1, 2)  # (B, A, T): convolve over time
-        skips = []
-        for res1, res2, down in self.down:
-            x = res2(res1(x, film), film)
-            skips.append(x)
-            x = down(x)
-        for res in self.mid:
-            x = res(x, film)
-        for res1, res2, up in self.up:
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = res2(res1(x, film), film)
-            x = up(x)
-        return self.final(x).transpose(1, 2)
+        return self.denoise(sample, self.condition(t, cond))

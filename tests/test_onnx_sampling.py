@@ -1,0 +1,167 @@
+"""The default CPU sampling path (denoiser trunk in ONNX Runtime, conditioning precomputed for all
+steps) gives the eager path's actions for the same noise, caches its export, and falls back to
+eager with the reason reported when it cannot run."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dp_gym.agent import DiffusionAgent
+from dp_gym.policies.diffusion import accelerate as accel
+from dp_gym.policies.diffusion.accelerate import OnnxTrunk, SamplingAccelerator, default_mode
+from dp_gym.policies.diffusion.config import DiffusionConfig
+from dp_gym.policies.diffusion.policy import DiffusionPolicy
+
+pytest.importorskip("onnxruntime")
+TOL = 1e-3  # of the action range
+
+
+def make_policy(**kw) -> DiffusionPolicy:
+    torch.manual_seed(0)
+    cfg = dict(obs_shapes={"obs": [5]}, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4, down_dims=[16, 32],
+               diffusion_step_embed_dim=16, num_inference_steps=10, sampler="ddim")
+    cfg.update(kw)
+    p = DiffusionPolicy(DiffusionConfig(**cfg))
+    g = torch.Generator().manual_seed(1)
+    fit = {k: torch.rand(64, s[0], generator=g) * 500 for k, s in p.config.obs_shapes.items() if len(s) == 1}
+    fit["action"] = torch.rand(64, 2, generator=g) * 500
+    p.fit_normalizers(fit)
+    return p.eval()
+
+
+def make_obs(p: DiffusionPolicy, b: int, seed: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    c = p.config
+    return {k: (torch.randint(0, 256, (b, c.n_obs_steps, *s), generator=g, dtype=torch.uint8) if len(s) == 3
+                else torch.rand(b, c.n_obs_steps, *s, generator=g) * 500) for k, s in c.obs_shapes.items()}
+
+
+def rel_err(p: DiffusionPolicy, a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).abs() / (p.action_normalizer.data_max - p.action_normalizer.data_min)).max())
+
+
+def per_step_reference(p: DiffusionPolicy, obs, noise, sampler: str, steps: int) -> torch.Tensor:
+    with torch.no_grad():
+        x = accel.per_step_loop(p.denoiser, p.scheduler, sampler, steps, p.encode_obs(obs), noise)
+    return p.action_normalizer.unnormalize(x)
+
+
+CASES = {
+    "unet": {},
+    "unet_sample_prediction": {"prediction_type": "sample"},
+    "transformer": {"denoiser": "transformer", "n_layer": 2, "n_head": 2, "n_emb": 16, "horizon": 10},
+    "image": {"obs_shapes": {"cam": [40, 40, 3], "agent_pos": [2]}, "crop_shape": [36, 36], "image_feature_dim": 8,
+              "spatial_softmax_keypoints": 4},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("ddpm", 20)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_matches_eager_for_the_same_noise(case, sampler, steps, batch):
+    p = make_policy(**CASES[case])
+    obs = make_obs(p, batch)
+    noise = torch.randn(batch, *p.noise_shape(steps, sampler), generator=torch.Generator().manual_seed(3))
+    ref = per_step_reference(p, obs, noise, sampler, steps)
+    eager = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps)
+    acc = SamplingAccelerator(p, "onnx", sampler=sampler, num_inference_steps=steps)
+    out = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)
+    assert acc.active_mode == "onnx" and acc.fallback_reason is None and acc.onnx_trunk is not None
+    assert rel_err(p, eager, ref) < 1e-5  # precomputing the conditioning changes only rounding
+    assert rel_err(p, out, ref) < TOL
+    assert not torch.equal(out, p.sample_actions(obs, noise=noise + 1, sampler=sampler, num_inference_steps=steps, accelerator=acc))
+
+
+def test_agent_default_is_onnx_on_cpu_and_env_var_forces_eager(monkeypatch):
+    monkeypatch.delenv("DP_GYM_ACCELERATE", raising=False)
+    assert default_mode("cpu") == "onnx" and default_mode("cuda") == "eager"
+    p = make_policy()
+    obs = np.random.default_rng(0).uniform(0, 500, size=(4, 5)).astype(np.float32)
+    fast = DiffusionAgent(p)
+    a, _ = fast.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
+    assert fast.accelerator.active_mode == "onnx"
+    monkeypatch.setenv("DP_GYM_ACCELERATE", "eager")
+    plain = DiffusionAgent(p)
+    b, _ = plain.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
+    assert plain.accelerator.active_mode == "eager"
+    assert np.abs(a - b).max() / 500 < TOL and not np.array_equal(a, np.zeros_like(a))
+    plain.accelerate("onnx")  # an explicit mode wins over the default
+    c, _ = plain.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
+    assert plain.accelerator.active_mode == "onnx"
+    np.testing.assert_array_equal(a, c)
+    p.accelerator = None
+    monkeypatch.setenv("DP_GYM_ACCELERATE", "fast")
+    with pytest.raises(ValueError, match="DP_GYM_ACCELERATE must be one of"):
+        DiffusionAgent(p).predict(obs)
+
+
+def test_export_is_cached_on_disk_and_keyed_by_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("DP_GYM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(OnnxTrunk, "_models", type(OnnxTrunk._models)())  # no in-process copies
+    p = make_policy()
+    c_shape = (p.denoiser.condition(torch.zeros(1, dtype=torch.long), torch.zeros(1, 2, 5)).shape[1],)
+    first = OnnxTrunk(p.denoiser, (8, 2), c_shape)
+    assert first.exported and first.path.parent == tmp_path / "onnx" and first.path.is_file()
+    OnnxTrunk._models.clear()
+    second = OnnxTrunk(p.denoiser, (8, 2), c_shape)
+    assert not second.exported and second.key == first.key  # loaded from the file
+    with torch.no_grad():
+        p.denoiser.final[1].bias.add_(1.0)
+    third = OnnxTrunk(p.denoiser, (8, 2), c_shape)
+    assert third.exported and third.key != first.key
+    assert sorted(f.name for f in (tmp_path / "onnx").iterdir()) == sorted([first.path.name, third.path.name])
+    OnnxTrunk._models.clear()
+    third.path.write_bytes(b"not a model")  # a damaged entry is replaced, not fatal
+    with pytest.warns(RuntimeWarning, match="unreadable cached model"):
+        fourth = OnnxTrunk(p.denoiser, (8, 2), c_shape)
+    assert fourth.exported and third.path.read_bytes() != b"not a model"
+
+
+def test_missing_runtime_falls_back_to_eager_with_reason(monkeypatch):
+    p = make_policy()
+    obs = make_obs(p, 2)
+    noise = torch.randn(2, *p.noise_shape())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.warns(RuntimeWarning, match="falls back to eager: onnxruntime is not installed"):
+        acc = SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10)
+    assert acc.active_mode == "eager" and "onnxruntime" in acc.fallback_reason
+    assert torch.equal(p.sample_actions(obs, noise=noise, accelerator=acc), p.sample_actions(obs, noise=noise))
+
+
+def test_failed_export_falls_back_to_eager_with_reason(tmp_path, monkeypatch):
+    p = make_policy()
+    obs = make_obs(p, 2)
+    noise = torch.randn(2, *p.noise_shape())
+    monkeypatch.setenv("DP_GYM_CACHE_DIR", str(tmp_path))  # nothing cached: the export must run
+    monkeypatch.setattr(OnnxTrunk, "_models", type(OnnxTrunk._models)())
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported operator aten::foo")
+
+    monkeypatch.setattr(OnnxTrunk, "export", staticmethod(broken))
+    acc = SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10)
+    with pytest.warns(RuntimeWarning, match="unsupported operator"):
+        out = p.sample_actions(obs, noise=noise, accelerator=acc)
+    assert acc.active_mode == "eager" and "ONNX export or run failed" in acc.fallback_reason
+    assert torch.equal(out, p.sample_actions(obs, noise=noise))
+
+
+def test_onnx_mode_rejects_autocast():
+    with pytest.raises(ValueError, match="autocast must be 'no'"):
+        SamplingAccelerator(make_policy(), "onnx", autocast="bf16")
+
+
+def test_export_form_computes_the_same_function():
+    p = make_policy(kernel_size=5)
+    form = accel._export_form(p.denoiser)
+    x, cond = torch.randn(3, 8, 2), torch.randn(3, 2, 5)
+    with torch.no_grad():
+        c = p.denoiser.condition(torch.tensor([0, 50, 99]), cond)
+        torch.testing.assert_close(form.denoise(x, c), p.denoiser.denoise(x, c), atol=1e-5, rtol=1e-5)
+        big = torch.tensor([-30.0, -1.0, 0.0, 1.0, 25.0, 90.0])
+        torch.testing.assert_close(accel._MishExp()(big), torch.nn.functional.mish(big))
+    assert not any(isinstance(m, torch.nn.Conv1d) for m in form.modules())
