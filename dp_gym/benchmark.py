@@ -614,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = build_parser_for(BenchmarkConfig, description=__doc__, prog="python -m dp_gym.benchmark")
     p.add_argument("--suite", default=None,
                    help="evaluate every entry of a suite (benchmarks/suites/NAME.json, e.g. 'zoo') instead of --task/--policy")
+    p.add_argument("--suite-jobs", type=int, default=1, metavar="N",
+                   help="with --suite: evaluate N entries at once, each in its own process (default: 1)")
     p.set_defaults(seeds=None, out_dir=None)  # unset: the config's defaults, or the suite's
     return p
 
@@ -633,7 +635,7 @@ def _main(argv: list[str]) -> int:
     if a.suite:
         from dp_gym.suite import load_suite, run_suite
 
-        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv))
+        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs)
         return 0
     cfg = config_from_args(a)
     missing = [path for _, path in map(_policy_name, cfg.policies)

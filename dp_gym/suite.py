@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,27 +65,54 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Path | None = None,
-              n_envs: int | None = None, num_threads: int = 0, command: str = "") -> dict[str, Any]:
-    """Evaluate every entry of ``suite`` and write the suite's results, table and plot."""
+              n_envs: int | None = None, num_threads: int = 0, command: str = "", jobs: int = 1) -> dict[str, Any]:
+    """Evaluate every entry of ``suite`` and write the suite's results, table and plot. With
+    ``jobs`` > 1 the entries run as that many ``python -m dp_gym.benchmark`` processes at once
+    (the same command lines, each recorded in its entry's results.json)."""
+    import subprocess
+
     from tqdm import tqdm
 
     from dp_gym import benchmark
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     seeds = seeds or suite.get("seeds", "100000:100050")
     out = Path(out_dir or f"benchmarks/results/suite_{suite['name']}")
     entries = suite_entries(suite)
     if not entries:
         raise ValueError(f"suite {suite['name']!r} has no entries (is the zoo empty?)")
+    argvs = {}
+    for entry in entries:
+        argvs[entry.name] = ["--task", entry.task, "--policy", f"{entry.policy}=zoo:{entry.name}", *entry.card.get("benchmark_args", []),
+                             "--seeds", seeds, "--n-envs", str(n_envs or suite.get("n_envs", 10)), "--videos", "0",
+                             "--out-dir", str(out / entry.task / entry.policy)] + (["--num-threads", str(num_threads)] if num_threads else [])
+    bar = tqdm(total=len(entries), desc=f"suite {suite['name']}", unit="entry")
+    results: dict[str, dict[str, Any]] = {}
+    if jobs == 1:
+        for entry in entries:
+            argv = argvs[entry.name]
+            results[entry.name] = benchmark.run(benchmark.parse_args(argv), command=benchmark.command_line("dp_gym.benchmark", argv))[entry.policy]
+            bar.update(1)
+    else:
+        pending, running = list(entries), {}
+        while pending or running:
+            while pending and len(running) < jobs:
+                entry = pending.pop(0)
+                running[entry.name] = (entry, subprocess.Popen([sys.executable, "-m", "dp_gym.benchmark", *argvs[entry.name]]))
+            for name, (entry, proc) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[name]
+                    res_file = out / entry.task / entry.policy / "results.json"
+                    results[name] = (next(iter(json.loads(res_file.read_text())["results"].values())) if res_file.is_file()
+                                     else {"error": f"benchmark exited with status {proc.returncode}"})
+                    bar.update(1)
+            if running:
+                time.sleep(1)
+    bar.close()
     table: dict[str, dict[str, Any]] = {}
-    for entry in tqdm(entries, desc=f"suite {suite['name']}", unit="entry"):
-        argv = ["--task", entry.task, "--policy", f"{entry.policy}=zoo:{entry.name}", *entry.card.get("benchmark_args", []),
-                "--seeds", seeds, "--n-envs", str(n_envs or suite.get("n_envs", 10)), "--videos", "0",
-                "--out-dir", str(out / entry.task / entry.policy)]
-        if num_threads:
-            argv += ["--num-threads", str(num_threads)]
-        cfg = benchmark.parse_args(argv)
-        res = benchmark.run(cfg, command=benchmark.command_line("dp_gym.benchmark", argv))[entry.policy]
-        table.setdefault(entry.task, {})[entry.policy] = summary(res)
+    for entry in entries:  # in the suite's order, whatever order they finished in
+        table.setdefault(entry.task, {})[entry.policy] = summary(results[entry.name])
     record = {"suite": suite["name"], "seeds": seeds, "command": command, "paper": suite.get("paper", {}), "results": table}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", record)

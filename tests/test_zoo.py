@@ -178,3 +178,17 @@ def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
             cfg = parse_train(argv[3:])
             assert (cfg.task, cfg.policy, cfg.seed, cfg.resume) == (task, policy, seed, True)
         parse_benchmark(["--task", task, "--policy", "x=y", *recipe["benchmark_args"]])
+
+
+def test_suite_entries_in_parallel_processes_give_the_in_process_results(tmp_path, tmp_zoo):
+    from dp_gym.suite import run_suite
+
+    suite = {"name": "mini", "seeds": "100000:100002"}
+    serial = run_suite(suite, out_dir=tmp_path / "serial", n_envs=2)
+    parallel = run_suite(suite, out_dir=tmp_path / "parallel", n_envs=2, jobs=2)
+    for policy in ("diffusion", "bc"):
+        a, b = serial["results"]["pusht_keypoints"][policy], parallel["results"]["pusht_keypoints"][policy]
+        assert (a["success_rate"], a["episodes"]) == (b["success_rate"], b["episodes"])
+        assert a["mean_max_reward"] == pytest.approx(b["mean_max_reward"], abs=1e-9)
+    with pytest.raises(ValueError, match="jobs"):
+        run_suite(suite, out_dir=tmp_path / "x", jobs=0)
