@@ -189,7 +189,33 @@ def render_readme(results_json: str | Path, readme: str | Path) -> None:
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     note = f"<!-- rendered by: python -m dp_gym.suite render-readme {results_json} {readme} -->"
-    atomic_write_bytes(Path(readme), f"{head}{README_BEGIN}\n{note}\n\n{markdown(record)}\n\n{README_END}{tail}".encode())
+    body = markdown(record)
+    spread = seed_spread_table(record)
+    if spread:
+        body += "\n\n" + spread
+    atomic_write_bytes(Path(readme), f"{head}{README_BEGIN}\n{note}\n\n{body}\n\n{README_END}{tail}".encode())
+
+
+def seed_spread_table(record: dict[str, Any]) -> str:
+    """Success across training seeds, from the model cards of the suite's zoo entries (empty when
+    no entry's card has a spread)."""
+    from dp_gym.zoo import ZooEntryNotFoundError, get_entry
+
+    rows = []
+    for task, row in record["results"].items():
+        for policy in row:
+            try:
+                spread = get_entry(f"{task}/{policy}").card.get("training_seed_spread")
+            except (ZooEntryNotFoundError, ValueError):
+                continue
+            if spread:
+                per = ", ".join(f"{v:.2f}" for v in spread["per_seed"].values())
+                rows.append(f"| {task} | {policy} | {len(spread['per_seed'])} | {spread['mean']:.3f} | {per} | {spread['seeds']} |")
+    if not rows:
+        return ""
+    return "\n".join(["Success across training seeds (float32 training checkpoints; the zoo ships the median seed on the "
+                      "selection seeds):", "", "| task | policy | training seeds | mean success | per seed | episode seeds |",
+                      "|---|---|---|---|---|---|", *rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -192,3 +192,16 @@ def test_suite_entries_in_parallel_processes_give_the_in_process_results(tmp_pat
         assert a["mean_max_reward"] == pytest.approx(b["mean_max_reward"], abs=1e-9)
     with pytest.raises(ValueError, match="jobs"):
         run_suite(suite, out_dir=tmp_path / "x", jobs=0)
+
+
+def test_readme_spread_table_comes_from_the_cards(tmp_zoo):
+    from dp_gym.suite import seed_spread_table
+    from dp_gym.zoo import write_card
+
+    record = {"results": {"pusht_keypoints": {"diffusion": {}, "bc": {}}}}
+    assert seed_spread_table(record) == ""  # no card has a spread yet
+    entry = get_entry("pusht_keypoints/bc")
+    write_card(entry, {**entry.card, "training_seed_spread": {"seeds": "300000:300100", "per_seed": {"0": 0.5, "1": 0.7, "2": 0.6},
+                                                              "mean": 0.6, "min": 0.5, "max": 0.7, "metric": "success rate"}})
+    table = seed_spread_table(record)
+    assert "| pusht_keypoints | bc | 3 | 0.600 | 0.50, 0.70, 0.60 | 300000:300100 |" in table and "diffusion" not in table
