@@ -638,6 +638,11 @@ def _main(argv: list[str]) -> int:
         run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs)
         return 0
     cfg = config_from_args(a)
+    from dp_gym.zoo import get_entry
+
+    for _, path in map(_policy_name, cfg.policies):
+        if path.startswith("zoo:"):
+            get_entry(path)  # an unknown zoo name fails here, naming the entries there are
     missing = [path for _, path in map(_policy_name, cfg.policies)
                if not path.startswith("zoo:") and not (Path(path) / "model.safetensors").is_file() and not Path(path).is_file()]
     if missing:

@@ -133,6 +133,13 @@ def test_benchmark_mistakes_end_in_one_line(tmp_path, capsys, argv, pattern):
     assert not out.exists()
 
 
+def test_benchmark_unknown_zoo_entry_ends_in_one_line(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = benchmark.main(["--policy", "x=zoo:pusht_keypoints/no_such_policy", "--out-dir", str(out)])
+    _one_line_error(capsys, rc, 1, r"no zoo entry 'pusht_keypoints/no_such_policy' .*available: ")
+    assert not out.exists()
+
+
 def test_other_clis_refuse_bad_values_in_one_line(tmp_path, capsys):
     _one_line_error(capsys, collect.main(["--task", "lift", "--episodes", "0"]), 1, r"--episodes must be >= 1")
     _one_line_error(capsys, collect.main(["--task", "can", "--episodes", "1", "--drop-prob", "2"]), 1, r"--drop-prob must be in \[0, 1\]")
