@@ -210,12 +210,20 @@ def seed_spread_table(record: dict[str, Any]) -> str:
                 continue
             if spread:
                 per = ", ".join(f"{v:.2f}" for v in spread["per_seed"].values())
-                rows.append(f"| {task} | {policy} | {len(spread['per_seed'])} | {spread['mean']:.3f} | {per} | {spread['seeds']} |")
+                scores = [_score(r) for r in spread.get("per_seed_results", {}).values()]
+                score = f"{sum(s for _, s in scores) / len(scores):.3f} ({scores[0][0]})" if scores else "–"
+                rows.append(f"| {task} | {policy} | {len(spread['per_seed'])} | {spread['mean']:.3f} | {per} | {score} | {spread['seeds']} |")
     if not rows:
         return ""
-    return "\n".join(["Success across training seeds (float32 training checkpoints; the zoo ships the median seed on the "
-                      "selection seeds):", "", "| task | policy | training seeds | mean success | per seed | episode seeds |",
-                      "|---|---|---|---|---|---|", *rows])
+    return "\n".join(["Across training seeds (float32 training checkpoints; the zoo ships the median seed on the selection "
+                      "seeds):", "", "| task | policy | training seeds | mean success | success per seed | mean score | episode seeds |",
+                      "|---|---|---|---|---|---|---|", *rows])
+
+
+def _score(r: dict[str, Any]) -> tuple[str, float]:
+    """The task's score of one result: (name, value), p_K for count tasks, else the mean max reward."""
+    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
+    return (pk[-1], r[pk[-1]]) if pk else ("coverage" if "mean_max_reward" in r else "score", r.get("mean_max_reward", float("nan")))
 
 
 def main(argv: list[str] | None = None) -> None:

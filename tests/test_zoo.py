@@ -202,6 +202,9 @@ def test_readme_spread_table_comes_from_the_cards(tmp_zoo):
     assert seed_spread_table(record) == ""  # no card has a spread yet
     entry = get_entry("pusht_keypoints/bc")
     write_card(entry, {**entry.card, "training_seed_spread": {"seeds": "300000:300100", "per_seed": {"0": 0.5, "1": 0.7, "2": 0.6},
-                                                              "mean": 0.6, "min": 0.5, "max": 0.7, "metric": "success rate"}})
+                                                              "mean": 0.6, "min": 0.5, "max": 0.7, "metric": "success rate",
+                                                              "per_seed_results": {"0": {"mean_max_reward": 0.8, "success_rate": 0.5},
+                                                                                   "1": {"mean_max_reward": 0.9, "success_rate": 0.7}}}})
     table = seed_spread_table(record)
-    assert "| pusht_keypoints | bc | 3 | 0.600 | 0.50, 0.70, 0.60 | 300000:300100 |" in table and "diffusion" not in table
+    assert "| pusht_keypoints | bc | 3 | 0.600 | 0.50, 0.70, 0.60 | 0.850 (coverage) | 300000:300100 |" in table
+    assert "diffusion" not in table
