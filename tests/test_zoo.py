@@ -203,8 +203,8 @@ def test_readme_spread_table_comes_from_the_cards(tmp_zoo):
     entry = get_entry("pusht_keypoints/bc")
     write_card(entry, {**entry.card, "training_seed_spread": {"seeds": "300000:300100", "per_seed": {"0": 0.5, "1": 0.7, "2": 0.6},
                                                               "mean": 0.6, "min": 0.5, "max": 0.7, "metric": "success rate",
-                                                              "per_seed_results": {"0": {"mean_max_reward": 0.8, "success_rate": 0.5},
-                                                                                   "1": {"mean_max_reward": 0.9, "success_rate": 0.7}}}})
+                                                              "per_seed_results": {"0": {"mean_max_reward": 0.8, "success_rate": 0.5, "success_ci95": [0.3, 0.7]},
+                                                                                   "1": {"mean_max_reward": 0.9, "success_rate": 0.7, "success_ci95": [0.5, 0.85]}}}})
     table = seed_spread_table(record)
     assert "| pusht_keypoints | bc | 3 | 0.600 | 0.50, 0.70, 0.60 | 0.850 (coverage) | 300000:300100 |" in table
     assert "diffusion" not in table
