@@ -174,8 +174,25 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     return entry
 
 
+def failure_modes(per_episode: dict, seeds: str) -> list[str]:
+    """How the failed episodes of one scored run ended, from its per-episode outcomes."""
+    n = len(per_episode["success"])
+    failed = [i for i in range(n) if not per_episode["success"][i]]
+    if not failed:
+        return [f"no failed episode on seeds {seeds}"]
+    if "completed" in per_episode:  # count tasks (kitchen): how many sub-tasks the failures got through
+        counts = [per_episode["completed"][i] for i in failed]
+        return [f"{len(failed)} of {n} episodes on seeds {seeds} fail: " + ", ".join(
+            f"{counts.count(k)} stop after {k} of the tasks" for k in sorted(set(counts)))]
+    rewards = [per_episode["max_reward"][i] for i in failed]
+    near = sum(r >= 0.8 for r in rewards)
+    return [f"{len(failed)} of {n} episodes on seeds {seeds} fail; {near} of them get the score to 0.8 or more (the "
+            f"object close to the goal but not within the success threshold), {len(failed) - near} stay below 0.8"]
+
+
 def record(results_json: str, split: str) -> None:
-    """Copy a zoo-suite result (float16 entries as shipped) into each entry's card."""
+    """Copy a zoo-suite result (float16 entries as shipped) into each entry's card; the held-out
+    split also gives the card's known failure modes."""
     rec = json.loads(Path(results_json).read_text())
     for task, row in rec["results"].items():
         for policy, r in row.items():
@@ -183,6 +200,9 @@ def record(results_json: str, split: str) -> None:
             card = entry.card
             card["results"] = [x for x in card.get("results", []) if x.get("split") != split]
             card["results"].append({"split": split, "seeds": rec["seeds"], "source": results_json, **r})
+            if split == "held_out":
+                full = json.loads((Path(results_json).parent / task / policy / "results.json").read_text())
+                card["failure_modes"] = failure_modes(full["results"][policy]["per_episode"], rec["seeds"])
             write_card(entry, card)
 
 
