@@ -37,7 +37,6 @@ from pathlib import Path
 
 import dp_gym
 import torch
-from dp_gym.checkpoint import atomic_write_json
 from dp_gym.paths import dataset_path
 from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR
 from dp_gym.zoo import ZooEntry, export, get_entry, write_card

@@ -167,7 +167,7 @@ def export(checkpoint: str | Path, task: str, policy_name: str, out_root: str | 
     policy config), golden actions, and ``card.json`` / ``README.md`` from ``card``."""
     import dataclasses
 
-    from dp_gym.checkpoint import atomic_save_tensors, atomic_write_json, load_policy, save_policy
+    from dp_gym.checkpoint import atomic_save_tensors, load_policy, save_policy
 
     policy, meta = load_policy(checkpoint)
     if sample_overrides:
