@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from dp_gym import benchmark
-from dp_gym.checkpoint import atomic_write_json
+from dp_gym.checkpoint import atomic_write, atomic_write_json
 
 
 def main() -> None:
@@ -77,10 +77,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     lat.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":

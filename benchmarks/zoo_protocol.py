@@ -37,6 +37,7 @@ from pathlib import Path
 
 import dp_gym
 import torch
+from dp_gym.benchmark import task_score
 from dp_gym.paths import dataset_path
 from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR
 from dp_gym.zoo import ZooEntry, export, get_entry, write_card
@@ -115,8 +116,7 @@ def evaluate(name: str, seed: int, split: str, seeds: str) -> dict:
 
 def score(r: dict) -> tuple[float, float]:
     """What ranks checkpoints: success rate, then the task's score (p_K for kitchen)."""
-    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-    return (r["success_rate"], r[pk[-1]] if pk else r["mean_max_reward"])
+    return (r["success_rate"], task_score(r)[1])
 
 
 def data_digest(rel: str, data_dir: str | None) -> str:

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from dp_gym.agent import DiffusionAgent
-from dp_gym.checkpoint import atomic_write_json, atomic_write_bytes, load_policy
+from dp_gym.checkpoint import atomic_write, atomic_write_json, atomic_write_bytes, load_policy
 from dp_gym.tasks import Task, get_task, task_names
 from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
 
@@ -134,6 +134,13 @@ def p_k_columns(results: dict[str, dict]) -> list[str]:
     """The ``p1..pK`` keys present in any policy's results, in order of k (empty for tasks
     without a count metric)."""
     return sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+
+
+def task_score(result: dict[str, Any]) -> tuple[str, float]:
+    """The headline score of one policy's result: ``("pK", value)`` for tasks with a count metric
+    (the fraction of episodes completing all K sub-tasks), else ``("mean_max_reward", value)``."""
+    pk = p_k_columns({"": result})
+    return (pk[-1], result[pk[-1]]) if pk else ("mean_max_reward", result["mean_max_reward"])
 
 
 def timed_s(fn: Callable[[], Any], device: torch.device) -> float:
@@ -435,10 +442,8 @@ def plot(results: dict[str, dict], path: Path, task: str) -> None:
     axes[1].set_title("success rate (95% Wilson)")
     fig.suptitle(task)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def markdown_table(results: dict[str, dict]) -> str:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
+from dp_gym.benchmark import task_score
+from dp_gym.checkpoint import atomic_write, atomic_write_bytes, atomic_write_json
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -128,8 +129,8 @@ def _cell(r: dict[str, Any] | None) -> str:
     if "error" in r:
         return "failed"
     lo, hi = r["success_ci95"]
-    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-    score = f"p{pk[-1][1:]} {r[pk[-1]]:.2f}" if pk else f"{r['mean_max_reward']:.3f}"
+    name, value = task_score(r)
+    score = f"{value:.3f}" if name == "mean_max_reward" else f"{name} {value:.2f}"
     return f"{score} · {r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
@@ -174,10 +175,8 @@ def plot(record: dict[str, Any], path: Path) -> None:
     ax.set_title(f"suite {record['suite']}, seeds {record['seeds']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def render_readme(results_json: str | Path, readme: str | Path) -> None:
@@ -210,20 +209,15 @@ def seed_spread_table(record: dict[str, Any]) -> str:
                 continue
             if spread:
                 per = ", ".join(f"{v:.2f}" for v in spread["per_seed"].values())
-                scores = [_score(r) for r in spread.get("per_seed_results", {}).values()]
-                score = f"{sum(s for _, s in scores) / len(scores):.3f} ({scores[0][0]})" if scores else "–"
+                scores = [task_score(r) for r in spread.get("per_seed_results", {}).values()]
+                label = "coverage" if scores and scores[0][0] == "mean_max_reward" else (scores[0][0] if scores else "")
+                score = f"{sum(s for _, s in scores) / len(scores):.3f} ({label})" if scores else "–"
                 rows.append(f"| {task} | {policy} | {len(spread['per_seed'])} | {spread['mean']:.3f} | {per} | {score} | {spread['seeds']} |")
     if not rows:
         return ""
     return "\n".join(["Across training seeds (float32 training checkpoints; the zoo ships the median seed on the selection "
                       "seeds):", "", "| task | policy | training seeds | mean success | success per seed | mean score | episode seeds |",
                       "|---|---|---|---|---|---|---|", *rows])
-
-
-def _score(r: dict[str, Any]) -> tuple[str, float]:
-    """The task's score of one result: (name, value), p_K for count tasks, else the mean max reward."""
-    pk = sorted((k for k in r if k[:1] == "p" and k[1:].isdigit()), key=lambda k: int(k[1:]))
-    return (pk[-1], r[pk[-1]]) if pk else ("coverage" if "mean_max_reward" in r else "score", r.get("mean_max_reward", float("nan")))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -197,8 +197,10 @@ def write_card(entry: ZooEntry, card: dict[str, Any]) -> None:
 
 
 def _score_cells(r: dict[str, Any]) -> str:
-    pk = [k for k in r if k[:1] == "p" and k[1:].isdigit()]
-    score = ", ".join(f"{k} {r[k]:.2f}" for k in sorted(pk, key=lambda k: int(k[1:]))) if pk else f"{r['mean_max_reward']:.3f}"
+    from dp_gym.benchmark import p_k_columns
+
+    pk = p_k_columns({"": r})
+    score = ", ".join(f"{k} {r[k]:.2f}" for k in pk) if pk else f"{r['mean_max_reward']:.3f}"
     lo, hi = r["success_ci95"]
     return f"{score} | {r['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]"
 
