@@ -8,7 +8,6 @@ and queue when ``episode_start`` says a new episode began there.
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from dp_gym.checkpoint import load_policy, save_policy
+from dp_gym.history import ActionQueue, HistoryBuffer
 
 ObsType = Any  # np.ndarray | dict[str, np.ndarray]
 
@@ -62,8 +62,8 @@ class DiffusionAgent:
         self.seed = seed
         self.sample_kwargs: dict[str, Any] = {}  # e.g. {"sampler": "ddim", "num_inference_steps": 10}
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
-        self._histories: list[deque] = []
-        self._queues: list[deque] = []
+        self._histories: list[HistoryBuffer] = []
+        self._queues: list[ActionQueue] = []
         self._replans: list[int] = []
         self._noise_keys: list[int] = []
         self.n_replans = 0  # total chunks sampled (for latency statistics)
@@ -174,8 +174,8 @@ class DiffusionAgent:
     def reset(self, n_envs: int | None = None) -> None:
         """Forget every env's history and queued actions."""
         n = len(self._queues) if n_envs is None else n_envs
-        self._histories = [deque(maxlen=self.n_obs_steps) for _ in range(n)]
-        self._queues = [deque() for _ in range(n)]
+        self._histories = [HistoryBuffer(self.n_obs_steps) for _ in range(n)]
+        self._queues = [ActionQueue() for _ in range(n)]
         self._replans = [0 for _ in range(n)]
         self._noise_keys = list(range(n))
 
@@ -224,29 +224,24 @@ class DiffusionAgent:
         # Update histories (pad with the first observation after a reset).
         if not self.env_history:
             for i in range(n_envs):
-                frame = {k: v[i] for k, v in obs.items()}
-                if not self._histories[i]:
-                    self._histories[i].extend([frame] * self.n_obs_steps)
-                else:
-                    self._histories[i].append(frame)
+                self._histories[i].push({k: v[i] for k, v in obs.items()})
         need = [i for i in range(n_envs) if self.return_chunks or not self._queues[i]]
         if need:
             chunks = self._plan(obs, need, deterministic)
             for j, i in enumerate(need):
-                self._queues[i] = deque(chunks[j])
+                self._queues[i].fill(chunks[j])
         if self.return_chunks:
-            actions = np.stack([np.stack(list(self._queues[i])) for i in range(n_envs)])
-            for q in self._queues:
-                q.clear()
+            actions = np.stack([q.drain() for q in self._queues])
         else:
-            actions = np.stack([self._queues[i].popleft() for i in range(n_envs)])
+            actions = np.stack([q.pop() for q in self._queues])
         return (actions if batched else actions[0]), state
 
     def _plan(self, obs: dict[str, np.ndarray], env_ids: list[int], deterministic: bool) -> np.ndarray:
         if self.env_history:
             stacked = {k: v[env_ids] for k, v in obs.items()}
         else:
-            stacked = {k: np.stack([np.stack([f[k] for f in self._histories[i]]) for i in env_ids]) for k in self.obs_shapes}
+            histories = [self._histories[i].stacked() for i in env_ids]
+            stacked = {k: np.stack([h[k] for h in histories]) for k in self.obs_shapes}
         batch = {k: self._to_tensor(v, keep_dtype=k in self._image_keys) for k, v in stacked.items()}
         self._check_range(batch, env_ids)
         # noise_scale scales the draws, it does not change how many the policy consumes

@@ -60,10 +60,10 @@ def test_history_padding_and_rolling():
     agent = DiffusionAgent(tiny_policy())
     o1, o2 = obs_batch(1, 1), obs_batch(1, 2)
     agent.predict(o1, episode_start=np.array([True]))
-    hist = np.stack([f["obs"] for f in agent._histories[0]])
+    hist = agent._histories[0].stacked()["obs"]
     np.testing.assert_array_equal(hist, np.repeat(o1, TO, axis=0))  # padded with the first obs
     agent.predict(o2)
-    hist = np.stack([f["obs"] for f in agent._histories[0]])
+    hist = agent._histories[0].stacked()["obs"]
     np.testing.assert_array_equal(hist, np.concatenate([o1, o2]))
 
 

@@ -178,6 +178,25 @@ class TestObservationHistory:
         with pytest.raises(gym.error.ResetNeeded):
             env.step(np.array([0.0], np.float32))
 
+    @pytest.mark.parametrize("dict_obs", [False, True])
+    def test_matches_gymnasium_frame_stack_observation_with_reset_padding(self, dict_obs):
+        from gymnasium.wrappers import FrameStackObservation
+
+        ours = ObservationHistory(PointEnv(threshold=100, dict_obs=dict_obs), n_obs_steps=3)
+        ref = FrameStackObservation(PointEnv(threshold=100, dict_obs=dict_obs), 3, padding_type="reset")
+        assert ours.observation_space == ref.observation_space
+
+        def same(a, b):
+            for k in (a if dict_obs else [None]):
+                x, y = (a[k], b[k]) if dict_obs else (a, b)
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+
+        for start in (0.5, -1.0):  # a second reset starts a new history in both
+            same(ours.reset(options={"start": start})[0], ref.reset(options={"start": start})[0])
+            for a in (1.0, 0.5, -0.25, 2.0):
+                same(ours.step(np.array([a], np.float32))[0], ref.step(np.array([a], np.float32))[0])
+
 
 # --------------------------------------------------------------------------- ActionChunking
 class TestActionChunking:

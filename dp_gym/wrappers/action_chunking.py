@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dp_gym.history import ActionQueue
+
 __all__ = ["ActionChunking"]
 
 _AGGREGATIONS = ("max", "sum")
@@ -23,6 +25,9 @@ class ActionChunking(gym.Wrapper[Any, np.ndarray, Any, np.ndarray], gym.utils.Re
     or ``"sum"``), ``terminated``/``truncated`` of the last executed step, and that step's ``info``
     with two extra keys: ``info["rewards"]`` (list of the per-step rewards, one per executed step)
     and ``info["n_steps"]`` (number of steps executed).
+
+    The chunk's actions are run from an :class:`~dp_gym.history.ActionQueue`, the queue
+    :class:`~dp_gym.agent.DiffusionAgent` keeps per env when it returns one action per call.
 
     Put it outside :class:`ObservationHistory` so that the returned history spans the inner steps.
 
@@ -72,6 +77,7 @@ class ActionChunking(gym.Wrapper[Any, np.ndarray, Any, np.ndarray], gym.utils.Re
             high=np.repeat(space.high[np.newaxis], self.n_action_steps, axis=0),
             dtype=space.dtype,
         )
+        self._queue = ActionQueue()  # the chunk's actions not yet run
 
     def _validate(self, chunk: Any) -> np.ndarray:
         """Return ``chunk`` as an array of the action space's shape and dtype, or raise."""
@@ -93,15 +99,16 @@ class ActionChunking(gym.Wrapper[Any, np.ndarray, Any, np.ndarray], gym.utils.Re
 
     def step(self, action: np.ndarray) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Run the chunk's actions in order, stopping at the first termination or truncation."""
-        chunk = self._validate(action)
+        self._queue.fill(self._validate(action))
         rewards: list[float] = []
         obs: Any = None
         terminated = truncated = False
         info: dict[str, Any] = {}
-        for a in chunk:
-            obs, reward, terminated, truncated, info = self.env.step(a)
+        while len(self._queue):
+            obs, reward, terminated, truncated, info = self.env.step(self._queue.pop())
             rewards.append(float(reward))
             if terminated or truncated:
+                self._queue.clear()  # the rest of the chunk is never executed
                 break
         total = max(rewards) if self.reward_aggregation == "max" else float(sum(rewards))
         info = dict(info)

@@ -2,33 +2,41 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from gymnasium.core import ActType, ObsType
+from gymnasium.vector.utils import batch_space
+
+from dp_gym.history import HistoryBuffer
 
 __all__ = ["ObservationHistory"]
-
-
-def _stack_box(space: spaces.Box, n: int) -> spaces.Box:
-    """``Box(D...)`` -> ``Box(n, D...)`` with ``low``/``high`` tiled and the same dtype."""
-    low = np.repeat(space.low[np.newaxis], n, axis=0)
-    high = np.repeat(space.high[np.newaxis], n, axis=0)
-    return spaces.Box(low=low, high=high, dtype=space.dtype)
 
 
 class ObservationHistory(gym.Wrapper[Any, ActType, ObsType, ActType], gym.utils.RecordConstructorArgs):
     """Return the last ``n_obs_steps`` observations stacked on a new leading axis.
 
-    A ``Box`` observation space of shape ``(D...)`` becomes ``Box(n_obs_steps, D...)`` with the
-    bounds tiled and the dtype kept. A ``Dict`` of ``Box`` spaces becomes a ``Dict`` holding one
-    stacked ``Box`` per key. On :meth:`reset` the history is filled by repeating the first
-    observation ``n_obs_steps`` times, so every returned observation has the full length; after
-    each :meth:`step` the oldest entry is dropped and the newest appended (index ``-1`` is the
-    current observation).
+    This is Gymnasium's :class:`~gymnasium.wrappers.FrameStackObservation` with
+    ``padding_type="reset"`` (``ObservationHistory(env, n)`` returns the same observations as
+    ``FrameStackObservation(env, n, padding_type="reset")``): the observation space is
+    ``batch_space(space, n_obs_steps)`` (``Box(D...)`` becomes ``Box(n_obs_steps, D...)`` with the
+    bounds tiled and the dtype kept; a ``Dict`` of ``Box`` becomes a ``Dict`` of stacked ``Box``),
+    :meth:`reset` fills the history by repeating the first observation (as the Diffusion Policy
+    paper pads), and each :meth:`step` drops the oldest entry and appends the newest (index ``-1``
+    is the current observation). The history is a :class:`~dp_gym.history.HistoryBuffer`, the
+    one :class:`~dp_gym.agent.DiffusionAgent` keeps per env when the env is not wrapped.
+
+    Where it differs from ``FrameStackObservation``:
+
+    * observations are copied (and cast to the space's dtype) before they enter the history, so an
+      env that mutates one observation array in place cannot change earlier entries;
+    * only ``Box`` and ``Dict``-of-``Box`` observation spaces are accepted (a clear ``TypeError``
+      otherwise), and a ``Dict`` observation missing a key raises ``KeyError``;
+    * the only padding is the reset observation (no ``"zero"`` or custom padding);
+    * :meth:`step` before :meth:`reset` raises ``gymnasium.error.ResetNeeded`` instead of
+      stacking zero padding.
 
     Example:
         >>> import gymnasium as gym
@@ -49,7 +57,8 @@ class ObservationHistory(gym.Wrapper[Any, ActType, ObsType, ActType], gym.utils.
 
         Args:
             env: environment whose observation space is a ``Box`` or a ``Dict`` of ``Box``.
-            n_obs_steps: number of observations to keep (``>= 1``).
+            n_obs_steps: number of observations to keep (``>= 1``; ``stack_size`` of
+                ``FrameStackObservation``).
 
         Raises:
             ValueError: ``n_obs_steps`` is not an integer ``>= 1``.
@@ -64,27 +73,23 @@ class ObservationHistory(gym.Wrapper[Any, ActType, ObsType, ActType], gym.utils.
 
         self.n_obs_steps = int(n_obs_steps)
         space = env.observation_space
-        if isinstance(space, spaces.Box):
-            self.observation_space = _stack_box(space, self.n_obs_steps)
-        elif isinstance(space, spaces.Dict):
-            stacked: dict[str, spaces.Space] = {}
+        if isinstance(space, spaces.Dict):
             for key, sub in space.spaces.items():
                 if not isinstance(sub, spaces.Box):
                     raise TypeError(
                         f"ObservationHistory expects a Box or a Dict of Box observation space; "
                         f"key {key!r} is {type(sub).__name__}: {sub}"
                     )
-                stacked[key] = _stack_box(sub, self.n_obs_steps)
-            self.observation_space = spaces.Dict(stacked)
-        else:
+        elif not isinstance(space, spaces.Box):
             raise TypeError(
                 f"ObservationHistory expects a Box or a Dict of Box observation space, "
                 f"got {type(space).__name__}: {space}"
             )
-        self._history: deque[Any] = deque(maxlen=self.n_obs_steps)
+        self.observation_space = batch_space(space, self.n_obs_steps)
+        self._history = HistoryBuffer(self.n_obs_steps)
 
-    def _copy(self, obs: Any) -> Any:
-        """Copy ``obs`` so later in-place changes by the env cannot alter the history."""
+    def _checked(self, obs: Any) -> Any:
+        """``obs`` as arrays of the space's dtype, with every key of a ``Dict`` space."""
         space = self.env.observation_space
         if isinstance(space, spaces.Dict):
             if not isinstance(obs, dict):
@@ -92,28 +97,20 @@ class ObservationHistory(gym.Wrapper[Any, ActType, ObsType, ActType], gym.utils.
             missing = set(space.spaces) - set(obs)
             if missing:
                 raise KeyError(f"observation is missing keys {sorted(missing)}; expected {sorted(space.spaces)}")
-            return {k: np.array(obs[k], dtype=space[k].dtype, copy=True) for k in space.spaces}
-        return np.array(obs, dtype=space.dtype, copy=True)
-
-    def _stacked(self) -> Any:
-        """The history as one array (or one array per key) of leading length ``n_obs_steps``."""
-        if isinstance(self.observation_space, spaces.Dict):
-            return {k: np.stack([o[k] for o in self._history], axis=0) for k in self.observation_space.spaces}
-        return np.stack(list(self._history), axis=0)
+            return {k: np.asarray(obs[k], dtype=space[k].dtype) for k in space.spaces}
+        return np.asarray(obs, dtype=space.dtype)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Reset the env and fill the history with ``n_obs_steps`` copies of the first observation."""
         obs, info = self.env.reset(seed=seed, options=options)
-        first = self._copy(obs)
         self._history.clear()
-        for _ in range(self.n_obs_steps):
-            self._history.append(first)
-        return self._stacked(), info
+        self._history.push(self._checked(obs))
+        return self._history.stacked(), info
 
     def step(self, action: ActType) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         """Step the env and append the new observation, dropping the oldest one."""
         if len(self._history) == 0:
             raise gym.error.ResetNeeded("ObservationHistory: call reset() before step()")
         obs, reward, terminated, truncated, info = self.env.step(action)
-        self._history.append(self._copy(obs))
-        return self._stacked(), reward, terminated, truncated, info
+        self._history.push(self._checked(obs))
+        return self._history.stacked(), reward, terminated, truncated, info
