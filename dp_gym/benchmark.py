@@ -18,18 +18,16 @@ import json
 import math
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dp_gym.agent import DiffusionAgent
 from dp_gym.checkpoint import atomic_write, atomic_write_json, atomic_write_bytes, load_policy
+from dp_gym.evaluation import evaluate_agent
 from dp_gym.tasks import Task, get_task, task_names
 from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
 
@@ -99,37 +97,6 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (well-behaved at 0 and 1)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def p_k_metrics(counts: "np.ndarray | list[int]", k_max: int) -> dict[str, float]:
-    """Multi-task metrics from per-episode counts (e.g. completed kitchen tasks): ``p1..p{k_max}``
-    = fraction of episodes with at least k, and ``mean_completed`` = the mean count.
-
-    Example:
-        >>> p_k_metrics([0, 1, 4, 2], k_max=4)
-        {'p1': 0.75, 'p2': 0.5, 'p3': 0.25, 'p4': 0.25, 'mean_completed': 1.75}
-    """
-    c = np.asarray(counts)
-    if c.ndim != 1 or len(c) == 0:
-        raise ValueError(f"counts must be a non-empty 1-D sequence of per-episode counts, got shape {c.shape}")
-    if k_max < 1:
-        raise ValueError(f"k_max must be >= 1, got {k_max}")
-    if np.any(c < 0) or np.any(c != np.round(c)):
-        raise ValueError(f"counts must be non-negative integers, got {c.tolist()}")
-    out = {f"p{k}": float(np.mean(c >= k)) for k in range(1, k_max + 1)}
-    out["mean_completed"] = float(c.mean())
-    return out
-
-
 def p_k_columns(results: dict[str, dict]) -> list[str]:
     """The ``p1..pK`` keys present in any policy's results, in order of k (empty for tasks
     without a count metric)."""
@@ -141,276 +108,6 @@ def task_score(result: dict[str, Any]) -> tuple[str, float]:
     (the fraction of episodes completing all K sub-tasks), else ``("mean_max_reward", value)``."""
     pk = p_k_columns({"": result})
     return (pk[-1], result[pk[-1]]) if pk else ("mean_max_reward", result["mean_max_reward"])
-
-
-def timed_s(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall time (s) of one call of ``fn``, synchronising CUDA around it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
-def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time (ms) of ``fn`` after ``warmup`` calls, synchronising CUDA around each call."""
-    times = [timed_s(fn, device) for _ in range(warmup + repeats)][warmup:]
-    return 1000 * float(np.median(times))
-
-
-def make_vector_env(task: Task, n_envs: int, mode: str, render: bool) -> gym.vector.VectorEnv:
-    kw = {"render_mode": "rgb_array"} if render else {}
-    fns = [lambda: task.make_env(**kw) for _ in range(n_envs)]
-    vec_kw = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED}
-    if mode == "async":
-        return gym.vector.AsyncVectorEnv(fns, context="spawn", **vec_kw)
-    if mode == "sync":
-        return gym.vector.SyncVectorEnv(fns, **vec_kw)
-    raise ValueError(f"vector must be 'sync' or 'async', got {mode!r}")
-
-
-def _index(obs: Any, i: int) -> Any:
-    return {k: v[i] for k, v in obs.items()} if isinstance(obs, dict) else obs[i]
-
-
-class EnvCrash(RuntimeError):
-    """An exception raised by the vector env itself (a dead async worker's ``EOFError``, a
-    simulator error), as opposed to one from the agent."""
-
-
-def _env_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except Exception as e:
-        raise EnvCrash(f"{type(e).__name__}: {e}") from e
-
-
-def _close_quietly(env: gym.vector.VectorEnv) -> None:
-    try:
-        env.close(terminate=True) if isinstance(env, gym.vector.AsyncVectorEnv) else env.close()
-    except Exception:  # a crashed env may fail to close; its workers are gone or terminated
-        pass
-
-
-def rollout(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
-            deterministic: bool = True, video_episodes: int = 0, on_episode: Callable[[int, dict], None] | None = None,
-            retries: int = 1, progress: bool = False) -> dict[str, Any]:
-    """Run one episode per seed, ``n_envs`` at a time; an env that finishes starts the next seed.
-
-    ``on_episode(i, record)`` is called as episode ``i`` (of ``seeds``) finishes, with its record
-    (``seed``, ``max_reward``, ``success``, ``length``, and ``count`` for tasks with a count
-    metric). If the vector env crashes (:class:`EnvCrash`), it is rebuilt and the episodes that
-    were running are run again, one at a time, up to ``retries`` times each; after that an
-    episode's record holds ``error`` instead of results and the other episodes go on.
-    ``progress`` shows a bar over episodes. Returns per-episode arrays over ``seeds`` (errored
-    episodes: 0 / False) and ``records`` (one per seed)."""
-    n_envs = max(1, min(n_envs, len(seeds)))
-    records: list[dict | None] = [None] * len(seeds)
-    attempts = [0] * len(seeds)
-    frames: dict[int, list[np.ndarray]] = {}
-    chunk_times: list[float] = []
-    bar = tqdm(total=len(seeds), desc=f"{task.name} episodes", unit="ep", disable=not progress, dynamic_ncols=True, leave=False)
-
-    def finish(ep: int, record: dict) -> None:
-        records[ep] = record
-        bar.update(1)
-        if on_episode is not None:
-            on_episode(ep, record)
-
-    while any(r is None for r in records):
-        # Episodes that were running when the env crashed are retried one at a time (in a one-env
-        # vector), so an episode that crashes it again does not take its batch-mates down with it.
-        retry = [ep for ep, r in enumerate(records) if r is None and attempts[ep]]
-        todo = retry[:1] or [ep for ep, r in enumerate(records) if r is None]
-        in_flight: set[int] = set()
-        try:
-            _rollout_pass(agent, task, seeds, todo, 1 if retry else min(n_envs, len(todo)), vector, deterministic,
-                          video_episodes, frames, chunk_times, finish, in_flight)
-        except EnvCrash as crash:
-            for ep in sorted(in_flight):
-                frames.pop(ep, None)
-                attempts[ep] += 1
-                if attempts[ep] > retries:
-                    tqdm.write(f"episode seed {seeds[ep]}: the env crashed {attempts[ep]} times ({crash}); recorded as errored")
-                    finish(ep, {"seed": seeds[ep], "error": str(crash)})
-    bar.close()
-    ok = [r if "error" not in r else {} for r in records]  # type: ignore[operator]
-    out = {"max_reward": np.array([r.get("max_reward", 0.0) for r in ok]),
-           "success": np.array([r.get("success", False) for r in ok], dtype=bool),
-           "length": np.array([r.get("length", 0) for r in ok], dtype=int),
-           "frames": frames, "chunk_times": chunk_times, "records": records}
-    if task.count_info_key:
-        out["count"] = np.array([r.get("count", 0) for r in ok], dtype=int)
-    return out
-
-
-def _rollout_pass(agent: DiffusionAgent, task: Task, seeds: list[int], todo: list[int], n_envs: int, vector: str,
-                  deterministic: bool, video_episodes: int, frames: dict[int, list[np.ndarray]], chunk_times: list[float],
-                  finish: Callable[[int, dict], None], in_flight: set[int]) -> None:
-    """Run the episodes ``todo`` (indices into ``seeds``) on one vector env; raises EnvCrash, with
-    the episodes then running in ``in_flight``."""
-    env = _env_call(make_vector_env, task, n_envs, vector, render=any(ep < video_episodes for ep in todo))
-    pending = list(todo)
-    slot: list[int | None] = [None] * n_envs  # episode index per env
-    stats = [dict() for _ in range(n_envs)]
-    count_key = task.count_info_key
-
-    def start(mask: np.ndarray) -> Any:
-        # With autoreset disabled a finished env must be reset before the next step, so envs
-        # left without a seed are reset too and just idle (inactive) until the others finish.
-        seeds_now = [None] * n_envs
-        for i in np.flatnonzero(mask):
-            if pending:
-                ep = pending.pop(0)
-                slot[i], seeds_now[i] = ep, seeds[ep]
-                stats[i] = {"seed": seeds[ep], "max_reward": 0.0, "success": False, "length": 0}
-                if count_key:
-                    stats[i]["count"] = 0
-                in_flight.add(ep)
-                agent.set_noise_key(i, seeds[ep])
-            else:
-                slot[i] = None
-                active[i] = False
-        if mask.all():
-            return _env_call(env.reset, seed=seeds_now)
-        return _env_call(env.reset, seed=seeds_now, options={"reset_mask": mask})
-
-    def grab_frames() -> None:
-        live = [i for i in range(n_envs) if slot[i] is not None and slot[i] < video_episodes]
-        if not live:
-            return
-        if isinstance(env, gym.vector.SyncVectorEnv):
-            imgs = [env.envs[i].render() for i in live]
-        else:
-            rendered = _env_call(env.call, "render")
-            imgs = [rendered[i] for i in live]
-        for i, img in zip(live, imgs):
-            frames.setdefault(slot[i], []).append(img)
-
-    try:
-        active = np.ones(n_envs, dtype=bool)
-        agent.reset(n_envs)
-        obs, info = start(np.ones(n_envs, dtype=bool))
-        episode_start = np.ones(n_envs, dtype=bool)
-        grab_frames()
-        while active.any():
-            n_before = agent.n_replans
-            t0 = time.perf_counter()
-            actions, _ = agent.predict(obs, episode_start=episode_start, deterministic=deterministic)
-            if agent.n_replans != n_before:
-                chunk_times.append(time.perf_counter() - t0)
-            # Idle envs (no seed left) are stepped with the policy's own action and their results
-            # ignored: a zero action is not valid in every action space (absolute rot6d poses).
-            actions = np.asarray(actions, dtype=np.float32)
-            obs, reward, terminated, truncated, info = _env_call(env.step, actions)
-            grab_frames()
-            episode_start[:] = False
-            finished = terminated | truncated  # idle envs can finish too and must then be reset
-            for i in range(n_envs):
-                if not active[i]:
-                    continue
-                st = stats[i]
-                st["max_reward"] = max(st["max_reward"], float(reward[i]))
-                st["length"] += 1
-                if bool(info["is_success"][i]):
-                    st["success"] = True
-                if count_key:
-                    if count_key not in info:
-                        raise KeyError(f"task {task.name!r} counts info[{count_key!r}] but the env's info has keys {sorted(info)}")
-                    st["count"] = max(st["count"], int(info[count_key][i]))
-                if finished[i]:
-                    in_flight.discard(slot[i])
-                    finish(slot[i], dict(st))
-            if finished.any():
-                obs, _ = start(finished)  # with reset_mask, the other envs keep their current observation
-                episode_start = finished.copy()
-    except EnvCrash:
-        _close_quietly(env)
-        raise
-    _close_quietly(env)
-
-
-def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time (ms) of sampling one chunk for one env (batch 1), after warm-up."""
-    env = task.make_env()
-    obs, _ = env.reset(seed=0)
-    env.close()
-    ms = median_ms(lambda: agent.predict(obs, episode_start=np.array([True]), deterministic=True), agent.device, repeats, warmup)
-    agent.reset()
-    return ms
-
-
-def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
-                   deterministic: bool = True, video_episodes: int = 0, latency_repeats: int = 20,
-                   done: dict[int, dict] | None = None, on_episode: Callable[[dict], None] | None = None,
-                   progress: bool = False) -> dict[str, Any]:
-    """Score ``agent`` on one episode per seed (see :func:`rollout`).
-
-    ``done``: records of episodes already run, by seed (a resumed benchmark's ``episodes.jsonl``);
-    only the other seeds run, and the results cover all of them. ``on_episode(record)`` is called
-    as each new episode finishes. Errored episodes (a crashed env, after its retry) are listed in
-    ``errors`` and left out of the metrics."""
-    done = {s: r for s, r in (done or {}).items() if s in seeds}
-    todo = [s for s in seeds if s not in done]
-    t0 = time.perf_counter()
-    r = rollout(agent, task, todo, n_envs, vector, deterministic,
-                video_episodes=sum(1 for s in seeds[:video_episodes] if s not in done),
-                on_episode=(lambda i, rec: on_episode(rec)) if on_episode else None, progress=progress) if todo else \
-        {"records": [], "frames": {}, "chunk_times": []}
-    wall = time.perf_counter() - t0
-    new = dict(zip(todo, r["records"]))
-    records = [done.get(s) or new[s] for s in seeds]
-    ok = [rec for rec in records if "error" not in rec]
-    n, k = len(ok), sum(bool(rec["success"]) for rec in ok)
-    max_reward = np.array([rec["max_reward"] for rec in ok], dtype=float)
-    lo, hi = wilson_interval(k, n)
-    res = {
-        "task": task.name,
-        "episodes": n,
-        "seeds": seeds,
-        "mean_max_reward": float(max_reward.mean()) if n else float("nan"),
-        "max_reward_std": float(max_reward.std()) if n else float("nan"),
-        "success_rate": k / n if n else float("nan"),
-        "success_ci95": [lo, hi],
-        "mean_episode_length": float(np.mean([rec["length"] for rec in ok])) if n else float("nan"),
-        "per_episode": {"max_reward": [None if "error" in rec else round(float(rec["max_reward"]), 4) for rec in records],
-                        "success": [None if "error" in rec else bool(rec["success"]) for rec in records],
-                        "length": [None if "error" in rec else int(rec["length"]) for rec in records]},
-        "rollout_chunk_ms_median": 1000 * float(np.median(r["chunk_times"])) if r["chunk_times"] else None,
-        "rollout_wall_s": wall,
-        "frames": {seeds.index(todo[i]): fr for i, fr in r["frames"].items()},
-    }
-    if len(ok) < len(records):
-        res["errored_episodes"] = len(records) - len(ok)
-        res["errors"] = [{"seed": rec["seed"], "error": rec["error"]} for rec in records if "error" in rec]
-    if task.count_info_key:
-        if n:
-            res.update(p_k_metrics([rec["count"] for rec in ok], task.count_max))
-        res["per_episode"]["completed"] = [None if "error" in rec else int(rec["count"]) for rec in records]
-    if latency_repeats:
-        res["predict_latency_ms_median"] = measure_latency(agent, task, latency_repeats)
-    return res
-
-
-def evaluate_policy_on_task(policy: torch.nn.Module, task: Task, seeds: list[int], n_envs: int = 10, data_dir: str | None = None, **kw) -> dict[str, Any]:
-    """Used by the trainer's periodic evaluation: no videos, no latency measurement."""
-    was_training = policy.training
-    agent = DiffusionAgent(policy)
-    res = evaluate_agent(agent, task, seeds, n_envs, latency_repeats=0, **kw)
-    policy.train(was_training)
-    return res
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    import imageio.v2 as imageio
-
-    tmp = path.with_name("." + path.name + ".tmp.mp4")
-    with imageio.get_writer(tmp, fps=fps, macro_block_size=1) as w:
-        for f in frames:
-            w.append_data(f)
-    tmp.replace(path)
 
 
 def plot(results: dict[str, dict], path: Path, task: str) -> None:
@@ -540,13 +237,9 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
         log.flush()
 
     res = evaluate_agent(agent, task, seeds, cfg.n_envs, cfg.vector, cfg.deterministic, cfg.videos, cfg.latency_repeats,
-                         done=done, on_episode=record, progress=True)
+                         done=done, on_episode=record, progress=True, video_path=lambda seed: out / f"{name}_seed{seed}.mp4")
     if agent.accelerator is not None:  # how the chunks (and the latency) were computed
         res["sampling_mode"] = {"active": agent.accelerator.active_mode, "fallback_reason": agent.accelerator.fallback_reason}
-    frames = res.pop("frames")
-    fps = int(task.make_env().metadata.get("render_fps", 10))
-    for ep, fr in sorted(frames.items()):
-        write_video(out / f"{name}_seed{seeds[ep]}.mp4", fr, fps)
     # videos of the first episodes: written now, or by the run a --resume continues
     res["videos"] = [f"{name}_seed{s}.mp4" for s in seeds[:cfg.videos] if (out / f"{name}_seed{s}.mp4").is_file()]
     res.update(checkpoint=str(path), train_step=meta.get("train_step"),

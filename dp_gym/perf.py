@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from dp_gym.benchmark import timed_s
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
+from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator, per_step_loop
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli

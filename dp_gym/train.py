@@ -493,9 +493,9 @@ def _train(cfg: TrainConfig, exit_stack: contextlib.ExitStack) -> Path:
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["val_loss"] = validation_loss()
         if main_process and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            from dp_gym.benchmark import evaluate_policy_on_task
+            from dp_gym.evaluation import evaluate_policy
 
-            res = evaluate_policy_on_task(ema.averaged, task, seeds=list(range(100_000, 100_000 + cfg.eval_episodes)), n_envs=min(cfg.eval_episodes, 10), data_dir=cfg.data_dir)
+            res = evaluate_policy(ema.averaged, task, seeds=list(range(100_000, 100_000 + cfg.eval_episodes)), n_envs=min(cfg.eval_episodes, 10))
             row = row or {"step": step, "wall_s": time.perf_counter() - t_start}
             row["eval_score"], row["eval_success"] = res["mean_max_reward"], res["success_rate"]
             tqdm.write(f"step {step}: eval score {res['mean_max_reward']:.3f} success {res['success_rate']:.2f}")

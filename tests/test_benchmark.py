@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dp_gym import DiffusionAgent
-from dp_gym.benchmark import BenchmarkConfig, evaluate_agent, evaluate_policy_on_task, main, parse_seeds, run, wilson_interval
+from dp_gym.benchmark import BenchmarkConfig, main, parse_seeds, run
+from dp_gym.evaluation import evaluate_agent, evaluate_policy, wilson_interval
 from dp_gym.policies import make_policy
 from dp_gym.policies.diffusion.policy import DiffusionPolicy
 from dp_gym.tasks import get_task
@@ -56,7 +57,7 @@ def test_rollout_metrics_are_seeded_and_consistent():
     assert r1["predict_latency_ms_median"] > 0
     # periodic evaluation hook used by the trainer restores the training mode
     policy.train()
-    r3 = evaluate_policy_on_task(policy, task, seeds[:2], n_envs=2)
+    r3 = evaluate_policy(policy, task, seeds[:2], n_envs=2)
     assert policy.training and r3["episodes"] == 2
 
 
@@ -306,7 +307,7 @@ def test_killed_async_env_worker_is_rebuilt_and_its_episodes_rerun(pusht_short, 
     import os
     import signal
 
-    import dp_gym.benchmark as bm
+    import dp_gym.evaluation as bm
 
     policy, seeds = tiny_policy(), [100000, 100001, 100002]
     ref = evaluate_agent(DiffusionAgent(policy), pusht_short, seeds, n_envs=2, latency_repeats=0)
@@ -325,3 +326,29 @@ def test_killed_async_env_worker_is_rebuilt_and_its_episodes_rerun(pusht_short, 
     assert res["episodes"] == 3 and "errors" not in res
     np.testing.assert_allclose(res["per_episode"]["max_reward"], ref["per_episode"]["max_reward"], atol=1e-3)
     assert res["per_episode"]["length"] == ref["per_episode"]["length"]
+
+
+def test_trainer_periodic_evaluation_scores_with_the_shared_evaluation(tmp_path, monkeypatch):
+    """``train --eval-every`` calls dp_gym.evaluation.evaluate_policy on the EMA policy and logs its
+    score; the score is what evaluate_policy returns for the same seeds."""
+    import dp_gym.evaluation as evaluation
+    from dp_gym.data.replay import EpisodeData
+    from dp_gym.train import TrainConfig, train
+
+    def toy_pusht(_data_dir=None) -> EpisodeData:
+        rng = np.random.default_rng(0)
+        obs = rng.uniform(0, 512, size=(100, 20)).astype(np.float32)
+        return EpisodeData({"obs": obs, "action": obs[:, -2:].copy()}, np.arange(1, 6) * 20)
+
+    task = dataclasses.replace(short_task(), name="pusht_toy", load_dataset=toy_pusht)
+    monkeypatch.setitem(__import__("dp_gym.tasks", fromlist=["TASKS"]).TASKS, "pusht_toy", task)
+    calls, real = [], evaluation.evaluate_policy
+    monkeypatch.setattr(evaluation, "evaluate_policy", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    out = tmp_path / "run"
+    train(TrainConfig(task="pusht_toy", steps=2, batch_size=8, model_size="small",
+                      policy_overrides={"down_dims": [16, 32], "diffusion_step_embed_dim": 16, "num_inference_steps": 2},
+                      warmup_steps=0, checkpoint_every=2, val_every=0, log_every=1, eval_every=2, eval_episodes=2,
+                      out_dir=str(out)))
+    assert calls == [{"seeds": [100000, 100001], "n_envs": 2}]
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert row["step"] == 2 and 0 <= row["eval_score"] <= 1 and row["eval_success"] in (0.0, 0.5, 1.0)

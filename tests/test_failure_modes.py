@@ -37,7 +37,7 @@ class ExpertAgent:
     def set_noise_key(self, env_index: int, key: int) -> None:
         self.seed = key
 
-    def predict(self, obs, deterministic: bool = True):
+    def predict(self, obs, episode_start=None, deterministic: bool = True):
         from dp_gym.experts import make_expert
 
         if self.expert is None:
@@ -47,7 +47,7 @@ class ExpertAgent:
 
 
 class StillAgent(ExpertAgent):
-    def predict(self, obs, deterministic: bool = True):
+    def predict(self, obs, episode_start=None, deterministic: bool = True):
         return np.zeros(self.env.action_space.shape, np.float32), None
 
 

@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 h5py = pytest.importorskip("h5py")
 
-from dp_gym.benchmark import markdown_table, p_k_metrics, rollout  # noqa: E402
+from dp_gym.benchmark import markdown_table  # noqa: E402
+from dp_gym.evaluation import p_k_metrics, run_seeds  # noqa: E402
 from dp_gym.data.d4rl import episode_ends_from_flags, read_d4rl_hdf5  # noqa: E402
 from dp_gym.envs.kitchen import (  # noqa: E402
     KITCHEN_COMPLETE_TASKS, N_QPOS, N_QVEL, STEP_DT, FrankaKitchenD4RLEnv, goal_vector, position_targets_to_velocity,
@@ -212,7 +213,7 @@ def test_p_k_metrics_on_hand_made_counts():
 
 
 class _ZeroAgent:
-    """Minimal agent for ``rollout`` (zero joint velocities): checks the count bookkeeping."""
+    """Minimal agent for ``run_seeds`` (zero joint velocities): checks the count bookkeeping."""
 
     n_replans = 0
 
@@ -230,7 +231,7 @@ def test_rollout_records_completed_task_counts():
     task = get_task("kitchen_complete")
     assert task.count_info_key == "n_completed" and task.count_max == 4
     short = dataclasses.replace(task, env_kwargs={"max_episode_steps": 4})
-    r = rollout(_ZeroAgent(), short, seeds=[0, 1, 2], n_envs=2)
+    r = run_seeds(_ZeroAgent(), short, seeds=[0, 1, 2], n_envs=2)
     assert r["count"].tolist() == [0, 0, 0] and r["length"].tolist() == [4, 4, 4] and not r["success"].any()
 
 

@@ -19,6 +19,7 @@ import torch
 from dp_gym.agent import DiffusionAgent
 from dp_gym.benchmark import with_action_horizon
 from dp_gym.checkpoint import load_policy
+from dp_gym.episodes import Episode, RolloutCallback, Step, rollout
 from dp_gym.tasks import get_task
 
 
@@ -39,20 +40,18 @@ def main(argv: list[str] | None = None) -> None:
     agent.sample_kwargs.update(sampler="ddim", num_inference_steps=10, noise_scale=a.noise_scale)
     env = get_task(a.task).make_env()
     rows = []
-    for seed in a.seeds:
-        obs, _ = env.reset(seed=seed)
-        agent.reset(1)
-        agent.set_noise_key(0, seed)
-        first: dict[str, int] = {}
-        for t in range(1, env.unwrapped.max_episode_steps + 1):
-            action, _ = agent.predict(obs, deterministic=True)
-            obs, _, terminated, truncated, info = env.step(action)
-            for task in info["completed_tasks"]:
-                first.setdefault(task, t)
-            if terminated or truncated:
-                break
-        rows.append({"seed": seed, "first_completed_step": first, "steps": t})
+
+    def first_completions(episode: Episode, step: Step) -> None:
+        for task in step.info["completed_tasks"]:
+            rows[-1]["first_completed_step"].setdefault(task, episode.length)
+
+    def report(episode: Episode) -> None:
+        rows[-1]["steps"] = episode.length
         print(json.dumps(rows[-1]), flush=True)
+
+    hooks = RolloutCallback(on_episode_start=lambda ep: rows.append({"seed": ep.seed, "first_completed_step": {}}),
+                            on_step=first_completions, on_episode_end=report)
+    rollout(agent, env, a.seeds, deterministic=True, callbacks=[hooks])
     env.close()
     if a.out:
         with open(a.out, "w") as f:

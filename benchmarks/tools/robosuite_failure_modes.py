@@ -43,29 +43,21 @@ import torch
 from dp_gym.agent import DiffusionAgent
 from dp_gym.benchmark import with_action_horizon
 from dp_gym.checkpoint import load_policy
+from dp_gym.episodes import RolloutCallback, rollout
 from dp_gym.experts.base import wrap_angle, yaw_of
 from dp_gym.tasks import get_task
 
 ON_PEG_XY = 0.03  # robosuite's on_peg: nut centre within this of the peg in x and y (m)
 
 
-def rollout(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
-            on_step: Callable[[np.ndarray], None]) -> tuple[int, bool]:
-    """One benchmark-identical episode; ``on_reset()`` sees the simulator's initial state and
-    ``on_step(action)`` the state after every step. Returns (steps, success)."""
-    obs, _ = env.reset(seed=seed)
-    on_reset()
-    agent.reset(1)
-    agent.set_noise_key(0, seed)
-    steps, success = 0, False
-    for steps in range(1, env.unwrapped.max_episode_steps + 1):
-        action, _ = agent.predict(obs, deterministic=True)
-        obs, _, terminated, truncated, info = env.step(action)
-        on_step(action)
-        success = bool(info["is_success"])
-        if terminated or truncated:
-            break
-    return steps, success
+def run_episode(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
+                on_step: Callable[[np.ndarray], None]) -> tuple[int, bool]:
+    """One benchmark-identical episode (:func:`dp_gym.episodes.rollout`, noise keyed by the seed);
+    ``on_reset()`` sees the simulator's initial state and ``on_step(action)`` the state after every
+    step. Returns (steps, success); the env is left in the episode's final state."""
+    hooks = RolloutCallback(on_episode_start=lambda ep: on_reset(), on_step=lambda ep, step: on_step(step.action))
+    (episode,) = rollout(agent, env, [seed], deterministic=True, callbacks=[hooks])
+    return episode.length, bool(episode.info["is_success"])
 
 
 def label(success: bool, stages: list[tuple[str, bool]], otherwise: str) -> str:
@@ -94,7 +86,7 @@ def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
         st["in_bin"] |= now_in_bin
         st["last_grip"] = grip
 
-    steps, success = rollout(agent, env, seed, on_reset, on_step)
+    steps, success = run_episode(agent, env, seed, on_reset, on_step)
     held = bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=rs.objects[bin_id].contact_geoms))
     mode = label(success, [("never_lifted", st["lifted"]), ("lifted_not_in_bin", st["in_bin"])],
                  "in_bin_gripper_too_close")
@@ -129,7 +121,7 @@ def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
             st["drops"] += 1
         st["was_held"] = held
 
-    steps, success = rollout(agent, env, seed, on_reset, on_step)
+    steps, success = run_episode(agent, env, seed, on_reset, on_step)
     # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
     yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[nut_id]), np.pi / 2)
     mode = label(success, [("never_lifted", st["lifted"]), ("lifted_never_over_peg", st["over_peg"])],

@@ -1,16 +1,18 @@
-"""Record ``env.render()`` frames of selected episodes to mp4 or gif files with imageio."""
+"""Record ``env.render()`` frames of selected episodes to mp4 or gif files with imageio: the
+:class:`RecordEpisodeVideo` wrapper and :func:`write_video`, the one video writer of dp_gym (the
+benchmark's videos go through it too)."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["RecordEpisodeVideo"]
+__all__ = ["RecordEpisodeVideo", "write_video"]
 
 _FORMATS = ("mp4", "gif")
 _DEFAULT_FPS = 10
@@ -124,38 +126,7 @@ class RecordEpisodeVideo(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return os.path.join(self.video_folder, f"{self.name_prefix}-{episode_id}.{self.format}")
 
     def _write(self, frames: list[np.ndarray], path: str) -> None:
-        """Encode ``frames`` into ``path`` through a temporary file in the same folder."""
-        import imageio.v2 as iio2
-        import imageio.v3 as iio3
-
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.name_prefix}-", suffix=f".{self.format}", dir=self.video_folder)
-        os.close(fd)
-        try:
-            if self.format == "mp4":
-                # libx264/yuv420p needs even sizes: pad by edge replication instead of resizing.
-                h, w = frames[0].shape[:2]
-                pad = ((0, h % 2), (0, w % 2), (0, 0))
-                writer = iio2.get_writer(
-                    tmp, format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
-                    pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
-                )
-                try:
-                    for f in frames:
-                        f = f[..., :3]
-                        writer.append_data(np.pad(f, pad, mode="edge") if (h % 2 or w % 2) else f)
-                finally:
-                    writer.close()
-            else:
-                iio3.imwrite(
-                    tmp, np.stack(frames), extension=".gif", plugin="pillow",
-                    duration=1000.0 / self.fps, loop=0,
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        write_video(path, frames, self.fps, self.format)
         self.video_paths.append(path)
 
     def _flush(self) -> None:
@@ -191,3 +162,48 @@ class RecordEpisodeVideo(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self._flush()
         finally:
             super().close()
+
+
+def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps: float, format: str | None = None) -> None:
+    """Encode ``frames`` ((H, W, 3) or (H, W, 4) uint8 images) into ``path`` with imageio.
+
+    ``format``: ``"mp4"`` (H.264 via imageio-ffmpeg; odd sizes are padded to even ones by edge
+    replication, as yuv420p needs) or ``"gif"``; ``None`` takes it from the file suffix. The video
+    goes to a temporary file in the same folder that is then renamed with :func:`os.replace`, so a
+    reader never sees a half-written file."""
+    import imageio.v2 as iio2
+    import imageio.v3 as iio3
+
+    path = os.fspath(path)
+    format = format or os.path.splitext(path)[1].lstrip(".").lower()
+    if format not in _FORMATS:
+        raise ValueError(f"video format must be one of {_FORMATS}, got {format!r} (for {path})")
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    if len(frames) == 0:
+        raise ValueError(f"no frames to write to {path}")
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=f".{format}", dir=folder)
+    os.close(fd)
+    try:
+        if format == "mp4":
+            h, w = np.asarray(frames[0]).shape[:2]
+            pad = ((0, h % 2), (0, w % 2), (0, 0))
+            writer = iio2.get_writer(
+                tmp, format="FFMPEG", mode="I", fps=float(fps), codec="libx264",
+                pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+            )
+            try:
+                for f in frames:
+                    f = np.asarray(f)[..., :3]
+                    writer.append_data(np.pad(f, pad, mode="edge") if (h % 2 or w % 2) else f)
+            finally:
+                writer.close()
+        else:
+            iio3.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow", duration=1000.0 / fps, loop=0)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
