@@ -1,6 +1,7 @@
 """dp_gym: Diffusion Policy as a Gymnasium / Stable-Baselines3 compatible agent.
 
-Importing the package registers the environments (``dp_gym/PushT-v0``).
+Importing the package registers the environments (``dp_gym/PushT-v0``). :class:`PolicyAgent`
+(also exported as ``DiffusionAgent``) runs any dp_gym policy behind an SB3-style ``predict``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,6 @@ for _rs_task in ("Lift", "PickPlaceCan", "NutAssemblySquare", "TwoArmTransport",
         gym.register(f"dp_gym/{_rs_task}-v0", entry_point="dp_gym.envs.robosuite_env:RobosuiteEnv",
                      kwargs={"task": _rs_task}, max_episode_steps=None, disable_env_checker=True)
 
-from dp_gym.agent import DiffusionAgent  # noqa: E402
+from dp_gym.agent import DiffusionAgent, PolicyAgent  # noqa: E402
 
-__all__ = ["DiffusionAgent", "__version__"]
+__all__ = ["DiffusionAgent", "PolicyAgent", "__version__"]
