@@ -2,6 +2,10 @@
 
 Importing the package registers the environments (``dp_gym/PushT-v0``). :class:`PolicyAgent`
 (also exported as ``DiffusionAgent``) runs any dp_gym policy behind an SB3-style ``predict``.
+
+Commands (``python -m dp_gym`` lists them): ``dp_gym.train``, ``dp_gym.benchmark``,
+``dp_gym.suite``, ``dp_gym.zoo``, ``dp_gym.collect``, ``dp_gym.perf``, ``dp_gym.data.robomimic``,
+``dp_gym.utils.cli``. The other modules are library code; ``docs/architecture.md`` maps them.
 """
 
 from __future__ import annotations
