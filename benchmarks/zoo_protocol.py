@@ -46,6 +46,7 @@ from dp_gym.zoo import ZooEntry, export, get_entry, write_card
 SELECTION_SEEDS = "200000:200050"
 HELD_OUT_SEEDS = "300000:300100"
 PAPER_SEEDS = "100000:100050"
+SPLITS = ["held_out", "paper_seeds"]  # the seed ranges a card records suite results for, in card order
 MACHINE = "a 2-core x86-64 CPU (AVX-512), 1 torch thread, two trainings sharing the machine"
 DDIM10 = ["--sampler", "ddim", "--num-inference-steps", "10"]
 X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
@@ -248,6 +249,7 @@ def record(results_json: str, split: str) -> None:
             card = entry.card
             card["results"] = [x for x in card.get("results", []) if x.get("split") != split]
             card["results"].append({"split": split, "seeds": rec["seeds"], "source": results_json, **r})
+            card["results"].sort(key=lambda x: SPLITS.index(x["split"]))  # one order, whichever is recorded first
             if split == "held_out":
                 full = json.loads((Path(results_json).parent / task / policy / "results.json").read_text())
                 card["failure_modes"] = failure_modes(full["results"][policy]["per_episode"], rec["seeds"])
@@ -267,7 +269,7 @@ def main() -> None:
     s.add_argument("--data-dir", default=None)
     r = sub.add_parser("record", help="copy a zoo-suite results.json into the cards")
     r.add_argument("results_json")
-    r.add_argument("split", choices=["held_out", "paper_seeds"])
+    r.add_argument("split", choices=SPLITS)
     a = p.parse_args()
     if a.cmd == "train":
         subprocess.run(shlex.split(train_command(a.entry, a.seed)), check=True)
