@@ -117,7 +117,7 @@ RECIPES: dict[str, dict] = {
         train=f"--task square_state_abs --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
               f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
               f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0], benchmark_args=DDIM10, data=SQUARE_HDF5, collect=SQUARE_COLLECT,  # 12000 steps: ~30 min a seed here
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=SQUARE_HDF5, collect=SQUARE_COLLECT,
         summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Square from low-dim state "
                 "with absolute end-effector pose actions (position + rot6d + gripper); DDIM-10 sampling."),
     "square_state_abs/bc": dict(
