@@ -61,7 +61,8 @@ class BenchmarkConfig:
     latency_repeats: int = option(20, "repeats of the batch-1 predict latency measurement; 0: skip it")
     out_dir: str = option("benchmarks/results/latest", "results folder; with --suite unless given: benchmarks/results/suite_NAME")
     num_threads: int = option(0, "torch CPU threads; 0: torch's default")
-    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks")
+    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks; with --suite: "
+                                   "skip entries whose result was made by the same weights and options")
 
     def __post_init__(self) -> None:
         for name, low in (("n_envs", 1), ("videos", 0), ("latency_repeats", 0), ("num_threads", 0)):
@@ -649,7 +650,7 @@ def _main(argv: list[str]) -> int:
     if a.suite:
         from dp_gym.suite import load_suite, run_suite
 
-        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs)
+        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs, resume=a.resume)
         return 0
     cfg = config_from_args(a)
     from dp_gym.zoo import get_entry
