@@ -14,6 +14,7 @@ weights, and scores every seed on the held-out seeds for the mean and range acro
 The shipped entries themselves are then scored by the zoo suite
 (``python -m dp_gym.benchmark --suite zoo``), whose results ``record`` copies into the cards.
 
+    python benchmarks/zoo_protocol.py collect lift_state/diffusion                   # robosuite: scripted demos
     python benchmarks/zoo_protocol.py train kitchen_complete_abs/diffusion --seed 0   # one training
     python benchmarks/zoo_protocol.py ship kitchen_complete_abs/diffusion              # select, score, export
     python -m dp_gym.benchmark --suite zoo --out-dir benchmarks/results/zoo/held_out
@@ -45,10 +46,16 @@ from dp_gym.zoo import ZooEntry, export, get_entry, write_card
 SELECTION_SEEDS = "200000:200050"
 HELD_OUT_SEEDS = "300000:300100"
 PAPER_SEEDS = "100000:100050"
+SPLITS = ["held_out", "paper_seeds"]  # the seed ranges a card records suite results for, in card order
 MACHINE = "a 2-core x86-64 CPU (AVX-512), 1 torch thread, two trainings sharing the machine"
 DDIM10 = ["--sampler", "ddim", "--num-inference-steps", "10"]
 X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
 IBC_SINGLE = '{"n_counter_examples": 128, "chunked": false}'
+X0 = '{"prediction_type": "sample"}'
+ROBOSUITE_DATA = "runs/data"
+LIFT_HDF5, SQUARE_HDF5 = "robosuite/lift.hdf5", "robosuite/square.hdf5"
+LIFT_COLLECT = f"python -m dp_gym.collect --task lift --episodes 210 --seed-start 0 --out {ROBOSUITE_DATA}/{LIFT_HDF5}"
+SQUARE_COLLECT = f"python -m dp_gym.collect --task square --episodes 230 --seed-start 0 --out {ROBOSUITE_DATA}/{SQUARE_HDF5}"
 
 # One fixed recipe per entry: the training flags (without --seed / --out-dir), the training seeds,
 # the benchmark arguments the entry is scored with, and the dataset it reads.
@@ -56,7 +63,7 @@ RECIPES: dict[str, dict] = {
     "pusht_keypoints/diffusion": dict(
         train="--task pusht_keypoints --policy diffusion --model-size small --steps 16000 --batch-size 64 --lr 1e-4 "
               "--warmup-steps 500 --checkpoint-every 1000 --keep-every 4000 --val-every 2000 --log-every 200 --num-threads 1",
-        seeds=[0], benchmark_args=DDIM10, data=PUSHT_ZARR,  # one seed: 16000 steps take 50-60 min on this CPU
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=PUSHT_ZARR,
         summary="Diffusion Policy (UNet small, 4.56 M parameters, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 9 block "
                 "keypoints + agent position; DDIM-10 sampling."),
     "pusht_keypoints/bc": dict(
@@ -87,6 +94,37 @@ RECIPES: dict[str, dict] = {
               f"'{IBC_SINGLE}' --steps 6000 --batch-size 64 --val-ratio 0 --checkpoint-every 2000 --log-every 500 --num-threads 1",
         seeds=[0], benchmark_args=[], data=KITCHEN_COMPLETE_HDF5,
         summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step joint position targets."),
+    # robosuite: the demonstrations are our scripted experts' (robomimic layout), made by the
+    # ``collect`` command into the writable data directory ROBOSUITE_DATA before training.
+    "lift_state/diffusion": dict(
+        train=f"--task lift_state --policy diffusion --model-size small --steps 3000 --batch-size 64 --lr 1e-4 "
+              f"--warmup-steps 200 --checkpoint-every 500 --val-every 500 --log-every 100 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=LIFT_HDF5, collect=LIFT_COLLECT,
+        summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on robosuite Lift from low-dim state "
+                "(eef pose, gripper, object), OSC delta actions; DDIM-10 sampling."),
+    "lift_state/bc": dict(
+        train=f"--task lift_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
+              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        seeds=[0, 1, 2], benchmark_args=[], data=LIFT_HDF5, collect=LIFT_COLLECT,
+        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."),
+    "lift_state/ibc": dict(
+        train=f"--task lift_state --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
+              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
+              f"--data-dir {ROBOSUITE_DATA}",
+        seeds=[0], benchmark_args=[], data=LIFT_HDF5, collect=LIFT_COLLECT,
+        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
+    "square_state_abs/diffusion": dict(
+        train=f"--task square_state_abs --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
+              f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
+              f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        seeds=[0, 1, 2], benchmark_args=DDIM10, data=SQUARE_HDF5, collect=SQUARE_COLLECT,
+        summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Square from low-dim state "
+                "with absolute end-effector pose actions (position + rot6d + gripper); DDIM-10 sampling."),
+    "square_state_abs/bc": dict(
+        train=f"--task square_state_abs --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
+              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        seeds=[0, 1, 2], benchmark_args=[], data=SQUARE_HDF5, collect=SQUARE_COLLECT,
+        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 absolute pose actions."),
 }
 
 
@@ -133,8 +171,19 @@ def wall_minutes(name: str, seed: int) -> float:
     return round(max(r.get("wall_s", 0.0) for r in rows) / 60, 1)
 
 
+def collect(name: str) -> None:
+    """Make an entry's demonstrations with the scripted expert unless the file is already there."""
+    recipe = RECIPES[name]
+    if "collect" not in recipe:
+        raise SystemExit(f"{name} reads a real dataset ({recipe['data']}); there is nothing to collect")
+    if not (Path(ROBOSUITE_DATA) / recipe["data"]).is_file():
+        subprocess.run(shlex.split(recipe["collect"]), check=True)
+
+
 def ship(name: str, data_dir: str | None) -> ZooEntry:
     recipe = RECIPES[name]
+    if data_dir is None and "collect" in recipe:
+        data_dir = ROBOSUITE_DATA
     task, policy = name.split("/")
     steps = int(shlex.split(recipe["train"])[shlex.split(recipe["train"]).index("--steps") + 1])
     done = [s for s in recipe["seeds"] if json.loads((run_dir(name, s) / "checkpoints/latest/config.json").read_text()).get("train_step") == steps]
@@ -154,7 +203,8 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
         "summary": recipe["summary"],
         "benchmark_args": recipe["benchmark_args"],
         "data": {"file": recipe["data"], "sha256": data_digest(recipe["data"], data_dir),
-                 "description": "the real demonstrations (see the README's Data section)"},
+                 "description": f"our scripted expert's demonstrations, made by `{recipe['collect']}`" if "collect" in recipe
+                                else "the real demonstrations (see the README's Data section)"},
         "training": {"command": train_command(name, shipped), "seeds": done, "steps": steps, "machine": MACHINE,
                      "wall_minutes": {str(s): wall_minutes(name, s) for s in done}, "shipped_seed": shipped,
                      "shipped_because": f"median of the training seeds on the selection seeds {SELECTION_SEEDS} "
@@ -199,6 +249,7 @@ def record(results_json: str, split: str) -> None:
             card = entry.card
             card["results"] = [x for x in card.get("results", []) if x.get("split") != split]
             card["results"].append({"split": split, "seeds": rec["seeds"], "source": results_json, **r})
+            card["results"].sort(key=lambda x: SPLITS.index(x["split"]))  # one order, whichever is recorded first
             if split == "held_out":
                 full = json.loads((Path(results_json).parent / task / policy / "results.json").read_text())
                 card["failure_modes"] = failure_modes(full["results"][policy]["per_episode"], rec["seeds"])
@@ -211,15 +262,19 @@ def main() -> None:
     t = sub.add_parser("train", help="run one training seed of an entry's recipe")
     t.add_argument("entry", choices=sorted(RECIPES))
     t.add_argument("--seed", type=int, required=True)
+    c = sub.add_parser("collect", help="make an entry's scripted demonstrations (robosuite entries)")
+    c.add_argument("entry", choices=sorted(RECIPES))
     s = sub.add_parser("ship", help="score every training seed, ship the median one")
     s.add_argument("entry", choices=sorted(RECIPES))
     s.add_argument("--data-dir", default=None)
     r = sub.add_parser("record", help="copy a zoo-suite results.json into the cards")
     r.add_argument("results_json")
-    r.add_argument("split", choices=["held_out", "paper_seeds"])
+    r.add_argument("split", choices=SPLITS)
     a = p.parse_args()
     if a.cmd == "train":
         subprocess.run(shlex.split(train_command(a.entry, a.seed)), check=True)
+    elif a.cmd == "collect":
+        collect(a.entry)
     elif a.cmd == "ship":
         ship(a.entry, a.data_dir)
     else:

@@ -1,6 +1,11 @@
 """dp_gym: Diffusion Policy as a Gymnasium / Stable-Baselines3 compatible agent.
 
-Importing the package registers the environments (``dp_gym/PushT-v0``).
+Importing the package registers the environments (``dp_gym/PushT-v0``). :class:`PolicyAgent`
+(also exported as ``DiffusionAgent``) runs any dp_gym policy behind an SB3-style ``predict``.
+
+Commands (``python -m dp_gym`` lists them): ``dp_gym.train``, ``dp_gym.benchmark``,
+``dp_gym.suite``, ``dp_gym.zoo``, ``dp_gym.collect``, ``dp_gym.perf``, ``dp_gym.data.robomimic``,
+``dp_gym.utils.cli``. The other modules are library code; ``docs/architecture.md`` maps them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,6 @@ for _rs_task in ("Lift", "PickPlaceCan", "NutAssemblySquare", "TwoArmTransport",
         gym.register(f"dp_gym/{_rs_task}-v0", entry_point="dp_gym.envs.robosuite_env:RobosuiteEnv",
                      kwargs={"task": _rs_task}, max_episode_steps=None, disable_env_checker=True)
 
-from dp_gym.agent import DiffusionAgent  # noqa: E402
+from dp_gym.agent import DiffusionAgent, PolicyAgent  # noqa: E402
 
-__all__ = ["DiffusionAgent", "__version__"]
+__all__ = ["DiffusionAgent", "PolicyAgent", "__version__"]

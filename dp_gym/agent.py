@@ -1,4 +1,5 @@
-"""``DiffusionAgent``: a Stable-Baselines3-style ``predict`` around any dp_gym policy.
+"""``PolicyAgent``: a Stable-Baselines3-style ``predict`` around any dp_gym policy (diffusion, BC,
+IBC or any other registered one). ``DiffusionAgent`` is the same class under its original name.
 
 The agent turns environment observations into actions with receding-horizon execution: for each
 env it keeps the last ``n_obs_steps`` observations and a queue of planned actions, samples a new
@@ -24,11 +25,12 @@ ObsType = Any  # np.ndarray | dict[str, np.ndarray]
 OBS_RANGE_LIMIT = 1e4
 
 
-class DiffusionAgent:
-    """SB3-compatible agent for diffusion policies (and every other dp_gym policy: BC, IBC).
+class PolicyAgent:
+    """SB3-compatible agent around any dp_gym policy (a :class:`~dp_gym.policies.policy.Policy`):
+    it asks the policy's capabilities (``stochastic``, ``accelerable``) rather than its type.
 
     Args:
-        policy: a dp_gym policy (``predict_chunk(obs_dict, noise=...)`` and ``config``).
+        policy: a dp_gym policy.
         device: torch device to run the policy on.
         env_history: ``True`` when observations already carry the To-step history (the env is
             wrapped in :class:`~dp_gym.wrappers.ObservationHistory`); the agent then does not keep
@@ -40,7 +42,7 @@ class DiffusionAgent:
 
     Example (plain env, one action per call)::
 
-        agent = DiffusionAgent.load("runs/pusht_kp/checkpoints/latest")
+        agent = PolicyAgent.load("runs/pusht_kp/checkpoints/latest")
         env = gymnasium.make("dp_gym/PushT-v0", obs_type="keypoints")
         obs, _ = env.reset(seed=100000)
         action, _ = agent.predict(obs, episode_start=np.array([True]))
@@ -79,19 +81,19 @@ class DiffusionAgent:
         return save_policy(self.policy, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "DiffusionAgent":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "PolicyAgent":
         """Load a checkpoint folder written by :meth:`save` or the trainer, or a ``zoo:`` entry."""
         policy, _ = load_policy(path, device)
         return cls(policy, device=device, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "DiffusionAgent":
+    def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> "PolicyAgent":
         """An agent for a shipped policy, ``"zoo:<task>/<policy>"`` (``python -m dp_gym.zoo list``
         lists them), or for a checkpoint folder; the same as :meth:`load`.
 
         Example::
 
-            agent = DiffusionAgent.from_pretrained("zoo:pusht_keypoints/diffusion")
+            agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")
             env = gymnasium.make("dp_gym/PushT-v0", obs_type="keypoints")
             obs, _ = env.reset(seed=100000)
             action, _ = agent.predict(obs, episode_start=np.array([True]), deterministic=True)
@@ -99,35 +101,39 @@ class DiffusionAgent:
         return cls.load(name_or_path, device=device, **kwargs)
 
     def accelerate(self, mode: str = "cuda_graph", autocast: str = "no"):
-        """Run the diffusion policy's denoising loop compiled (``"compile"``), captured as one
-        CUDA graph (``"cuda_graph"``), in ONNX Runtime (``"onnx"``, the CPU default) or plain
-        (``"eager"``), optionally under ``autocast`` ("bf16" | "fp16"), for the sampler in
-        :attr:`sample_kwargs` (set those first). Falls back to eager when the mode is
-        unavailable; returns the
-        :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator` (see its
+        """Run an ``accelerable`` policy's sampling loop (the diffusion policy's denoising loop)
+        compiled (``"compile"``), captured as one CUDA graph (``"cuda_graph"``), in ONNX Runtime
+        (``"onnx"``, the CPU default) or plain (``"eager"``), optionally under ``autocast``
+        ("bf16" | "fp16"), for the sampler in :attr:`sample_kwargs` (set those first). Falls back
+        to eager when the mode is unavailable; returns the accelerator (for the diffusion policy a
+        :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator`; see its
         ``active_mode`` / ``fallback_reason``)."""
-        from dp_gym.policies.diffusion.accelerate import SamplingAccelerator
-
-        if not hasattr(self.policy, "denoiser"):
-            raise TypeError(f"accelerate() applies to diffusion policies, not {type(self.policy).__name__}")
-        acc = SamplingAccelerator(self.policy, mode, autocast, self.sample_kwargs.get("sampler"),
-                                  self.sample_kwargs.get("num_inference_steps"))
+        if not self.policy.accelerable:
+            raise TypeError(f"accelerate() applies to accelerable policies (such as diffusion), not "
+                            f"{type(self.policy).__name__}")
+        acc = self.policy.make_accelerator(mode, autocast, **self._loop_kwargs())
         self.policy.accelerator = acc
         return acc
 
     def _sampling_accelerator(self):
         """The accelerator for the next chunk: the policy's own (set by :meth:`accelerate`), else
         one in the default mode for the current sampler settings, built once per setting."""
-        if getattr(self.policy, "accelerator", None) is not None:
+        if self.policy.accelerator is not None:
             return self.policy.accelerator
-        from dp_gym.policies.diffusion.accelerate import SamplingAccelerator, default_mode
+        from dp_gym.policies.diffusion.accelerate import default_mode
 
-        sampler = self.sample_kwargs.get("sampler") or self.config.sampler
-        steps = self.sample_kwargs.get("num_inference_steps") or self.config.num_inference_steps
-        key = (sampler, steps, default_mode(self.device))
+        mode = default_mode(self.device)
+        loop_kwargs = self._loop_kwargs()
+        # the config's own sampler settings fill in what sample_kwargs leave unset
+        key = (mode, repr(self.policy.config), *sorted((k, v) for k, v in loop_kwargs.items() if v is not None))
         if key not in self._default_accelerators:
-            self._default_accelerators[key] = SamplingAccelerator(self.policy, key[2], "no", sampler, steps)
+            self._default_accelerators[key] = self.policy.make_accelerator(mode, "no", **loop_kwargs)
         return self._default_accelerators[key]
+
+    def _loop_kwargs(self) -> dict[str, Any]:
+        """The sampling settings that shape the sampling loop and its noise: :attr:`sample_kwargs`
+        without ``noise_scale``, which only scales the draws."""
+        return {k: v for k, v in self.sample_kwargs.items() if k != "noise_scale"}
 
     # --- observation handling -------------------------------------------------------------
     def _as_dict(self, observation: ObsType) -> dict[str, np.ndarray]:
@@ -244,9 +250,7 @@ class DiffusionAgent:
             stacked = {k: np.stack([h[k] for h in histories]) for k in self.obs_shapes}
         batch = {k: self._to_tensor(v, keep_dtype=k in self._image_keys) for k, v in stacked.items()}
         self._check_range(batch, env_ids)
-        # noise_scale scales the draws, it does not change how many the policy consumes
-        shape_kwargs = {k: v for k, v in self.sample_kwargs.items() if k != "noise_scale"}
-        shape = self.policy.noise_shape(**shape_kwargs) if hasattr(self.policy, "noise_shape") else None
+        shape = self.policy.noise_shape(**self._loop_kwargs()) if self.policy.stochastic else None
         kwargs = dict(self.sample_kwargs)
         if shape is not None:
             gens = []
@@ -257,7 +261,7 @@ class DiffusionAgent:
                     gens.append(self._generator)
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens])
             kwargs["noise"] = noise.to(self.device)
-        if hasattr(self.policy, "denoiser"):
+        if self.policy.accelerable:
             self.accelerator = kwargs["accelerator"] = self._sampling_accelerator()
         for i in env_ids:
             self._replans[i] += 1
@@ -276,7 +280,7 @@ class DiffusionAgent:
         """Refuse low-dim observations absurdly far outside the training data: float32 networks
         overflow on them, and ONNX Runtime's clip turns the resulting NaN into finite but
         meaningless actions, so the output check alone cannot catch them."""
-        for key, normalizer in getattr(self.policy, "obs_normalizers", {}).items():
+        for key, normalizer in self.policy.obs_normalizers.items():
             z = normalizer.normalize(batch[key].float()).abs().flatten(1).amax(1)
             far = ~(z <= OBS_RANGE_LIMIT)  # NaN-safe
             if far.any():
@@ -288,3 +292,7 @@ class DiffusionAgent:
     def _to_tensor(self, x: np.ndarray, keep_dtype: bool = False) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
         return t if keep_dtype or t.dtype == torch.float32 else t.float()
+
+
+# The agent's original name, kept for existing code: it runs every policy, not only diffusion.
+DiffusionAgent = PolicyAgent

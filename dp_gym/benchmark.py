@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dp_gym.agent import DiffusionAgent
+from dp_gym.agent import PolicyAgent
 from dp_gym.checkpoint import atomic_write, atomic_write_json, atomic_write_bytes, load_policy
 from dp_gym.evaluation import evaluate_agent
 from dp_gym.tasks import Task, get_task, task_names
@@ -58,9 +58,9 @@ class BenchmarkConfig:
     videos: int = option(3, "record videos of the first N episodes per policy")
     latency_repeats: int = option(20, "repeats of the batch-1 predict latency measurement; 0: skip it")
     out_dir: str = option("benchmarks/results/latest", "results folder; with --suite unless given: benchmarks/results/suite_NAME")
-    data_dir: str | None = option(None, "dataset folder; unset: $DP_GYM_DATA_DIR, else ./data")
     num_threads: int = option(0, "torch CPU threads; 0: torch's default")
-    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks")
+    resume: bool = option(False, "keep <out-dir>/episodes.jsonl and run only the episodes it lacks; with --suite: "
+                                   "skip entries whose result was made by the same weights and options")
 
     def __post_init__(self) -> None:
         for name, low in (("n_envs", 1), ("videos", 0), ("latency_repeats", 0), ("num_threads", 0)):
@@ -165,15 +165,24 @@ def markdown_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def policies_with(capability: str) -> str:
+    """The registered policy types that have ``capability`` (a :class:`~dp_gym.policies.policy.Policy`
+    capability attribute), for error messages: ``"diffusion"``, ``"a, b"``, or ``"no"``."""
+    from dp_gym.policies import registered_policies
+
+    return ", ".join(n for n, cls in registered_policies().items() if getattr(cls, capability)) or "no"
+
+
 def with_action_horizon(policy: torch.nn.Module, n_action_steps: int) -> Any:
     """The policy's config with ``n_action_steps`` (Ta, the actions run per sampled chunk) replaced.
 
-    Only a diffusion policy samples a whole horizon (Tp) and executes a window of it, so only its
-    Ta can change after training; the BC / IBC heads predict exactly their trained Ta actions.
+    Only a policy that ``samples_horizon`` (Tp) and executes a window of it can change its Ta after
+    training; the others (the BC / IBC heads) predict exactly their trained Ta actions.
     ``dataclasses.replace`` re-runs the config's validation (Tp must cover To - 1 + Ta)."""
-    if policy.policy_type != "diffusion":
-        raise ValueError(f"--n-action-steps applies to diffusion policies only (they sample a whole horizon); "
-                         f"a {policy.policy_type!r} policy predicts exactly its trained {policy.config.n_action_steps} actions")
+    if not policy.samples_horizon:
+        raise ValueError(f"--n-action-steps applies to {policies_with('samples_horizon')} policies only (they sample a "
+                         f"whole horizon); a {policy.policy_type!r} policy predicts exactly its trained "
+                         f"{policy.config.n_action_steps} actions")
     return dataclasses.replace(policy.config, n_action_steps=n_action_steps)
 
 
@@ -210,24 +219,29 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
         print(f"warning: {name} was trained on task {meta.get('task')!r}, evaluating on {cfg.task!r}")
     if cfg.n_action_steps is not None:
         policy.config = with_action_horizon(policy, cfg.n_action_steps)
-    if cfg.noise_scale is not None and policy.policy_type != "diffusion":
-        raise ValueError(f"--noise-scale applies to diffusion policies only; {name} is a {policy.policy_type!r} policy")
-    agent = DiffusionAgent(policy, device=cfg.device)
-    if policy.policy_type == "diffusion":
-        if cfg.sampler:
-            agent.sample_kwargs["sampler"] = cfg.sampler
-        if cfg.num_inference_steps:
-            agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
-        if cfg.noise_scale is not None:
-            agent.sample_kwargs["noise_scale"] = cfg.noise_scale
-        if cfg.accelerate != "auto" or cfg.autocast != "no":
-            from dp_gym.policies.diffusion.accelerate import default_mode
+    if cfg.noise_scale is not None and not policy.accepts_noise_scale:
+        raise ValueError(f"--noise-scale applies to {policies_with('accepts_noise_scale')} policies only; "
+                         f"{name} is a {policy.policy_type!r} policy")
+    agent = PolicyAgent(policy, device=cfg.device)
+    if cfg.sampler and policy.samplers:
+        if cfg.sampler not in policy.samplers:
+            raise ValueError(f"--sampler {cfg.sampler}: a {policy.policy_type!r} policy samples with {list(policy.samplers)}")
+        agent.sample_kwargs["sampler"] = cfg.sampler
+    if cfg.num_inference_steps and policy.accepts_step_count:
+        agent.sample_kwargs["num_inference_steps"] = cfg.num_inference_steps
+    if cfg.noise_scale is not None:
+        agent.sample_kwargs["noise_scale"] = cfg.noise_scale
+    if policy.accelerable and (cfg.accelerate != "auto" or cfg.autocast != "no"):
+        from dp_gym.policies.diffusion.accelerate import default_mode
 
-            acc = agent.accelerate(default_mode(cfg.device) if cfg.accelerate == "auto" else cfg.accelerate, cfg.autocast)
-            print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
-                  + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
-    elif cfg.sampler or cfg.num_inference_steps:
-        print(f"[{name}] note: --sampler / --num-inference-steps apply to diffusion policies only; ignored for {policy.policy_type!r}")
+        acc = agent.accelerate(default_mode(cfg.device) if cfg.accelerate == "auto" else cfg.accelerate, cfg.autocast)
+        print(f"[{name}] sampling: {acc.active_mode}, autocast {cfg.autocast}"
+              + (f" (fallback: {acc.fallback_reason})" if acc.fallback_reason else ""))
+    ignored = [flag for flag, given, applies in (("--sampler", cfg.sampler, policy.samplers),
+                                                  ("--num-inference-steps", cfg.num_inference_steps, policy.accepts_step_count))
+               if given and not applies]
+    if ignored:
+        print(f"[{name}] note: {' / '.join(ignored)} do not apply to a {policy.policy_type!r} policy; ignored")
     n_done = sum(s in done for s in seeds)
     print(f"[{name}] {path}: {len(seeds)} episodes" + (f" ({n_done} already done)" if n_done else "")
           + f", {cfg.n_envs} envs, sampler {agent.sample_kwargs or 'from checkpoint'}")
@@ -246,7 +260,7 @@ def _evaluate_one(cfg: BenchmarkConfig, task: Task, name: str, path: str, seeds:
                sampler=agent.sample_kwargs.get("sampler", policy.config.__dict__.get("sampler")),
                num_inference_steps=agent.sample_kwargs.get("num_inference_steps", policy.config.__dict__.get("num_inference_steps")),
                n_action_steps=policy.config.n_action_steps,
-               noise_scale=agent.sample_kwargs.get("noise_scale", 1.0) if policy.policy_type == "diffusion" else None)
+               noise_scale=agent.sample_kwargs.get("noise_scale", 1.0) if policy.accepts_noise_scale else None)
     pk = "".join(f", p{k} {res[f'p{k}']:.2f}" for k in range(1, task.count_max + 1) if f"p{k}" in res)
     errs = f", {res['errored_episodes']} errored" if res.get("errored_episodes") else ""
     print(f"[{name}] mean max reward {res['mean_max_reward']:.3f}{pk}, success {res['success_rate']:.2f} "
@@ -333,7 +347,7 @@ def _main(argv: list[str]) -> int:
     if a.suite:
         from dp_gym.suite import load_suite, run_suite
 
-        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs)
+        run_suite(load_suite(a.suite), seeds=a.seeds, out_dir=a.out_dir, n_envs=a.n_envs, num_threads=a.num_threads, command=command_line("dp_gym.benchmark", argv), jobs=a.suite_jobs, resume=a.resume)
         return 0
     cfg = config_from_args(a)
     from dp_gym.zoo import get_entry

@@ -1,7 +1,7 @@
 """The rollout loop: run an agent for whole episodes on a Gymnasium env or vector env, in any
 autoreset mode, with per-step and per-episode callbacks.
 
-``DiffusionAgent.predict(obs, episode_start=...)`` follows Stable-Baselines3: ``episode_start[i]``
+``PolicyAgent.predict(obs, episode_start=...)`` follows Stable-Baselines3: ``episode_start[i]``
 means "``obs[i]`` is the first observation of an episode". How to compute it depends on how the
 vector env resets finished episodes (``gymnasium.vector.AutoresetMode``):
 
@@ -34,8 +34,8 @@ and each episode end, and the wall time of each ``predict`` call: per-episode lo
 
 Example:
     >>> import gymnasium as gym
-    >>> from dp_gym import DiffusionAgent
-    >>> agent = DiffusionAgent.load("runs/pusht_kp/checkpoints/latest")   # doctest: +SKIP
+    >>> from dp_gym import PolicyAgent
+    >>> agent = PolicyAgent.load("runs/pusht_kp/checkpoints/latest")   # doctest: +SKIP
     >>> envs = gym.vector.SyncVectorEnv([lambda: gym.make("dp_gym/PushT-v0", obs_type="keypoints")] * 4)
     >>> episodes = run_episodes(agent, envs, n_episodes=8, seed=100000)  # doctest: +SKIP
     >>> [round(ep.max_reward, 3) for ep in episodes]                      # doctest: +SKIP

@@ -8,9 +8,9 @@ length, ``p1..pK`` for tasks with a count metric, and predict latencies. :func:`
 is the trainer's entry point (a policy being trained, no videos, no latency measurement).
 
 Example:
-    >>> from dp_gym import DiffusionAgent
+    >>> from dp_gym import PolicyAgent
     >>> from dp_gym.tasks import get_task
-    >>> agent = DiffusionAgent.from_pretrained("zoo:pusht_keypoints/diffusion")       # doctest: +SKIP
+    >>> agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")       # doctest: +SKIP
     >>> res = evaluate_agent(agent, get_task("pusht_keypoints"), seeds=[100000, 100001], n_envs=2)  # doctest: +SKIP
     >>> res["mean_max_reward"], res["per_episode"]["success"]                           # doctest: +SKIP
 """
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dp_gym.agent import DiffusionAgent
+from dp_gym.agent import PolicyAgent
 from dp_gym.episodes import Episode, FrameRecorder, RolloutCallback, Step, rollout
 from dp_gym.tasks import Task
 from dp_gym.wrappers.video import write_video
@@ -86,7 +86,7 @@ def median_ms(fn: Callable[[], Any], device: torch.device, repeats: int, warmup:
     return 1000 * float(np.median(times))
 
 
-def measure_latency(agent: DiffusionAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
+def measure_latency(agent: PolicyAgent, task: Task, repeats: int = 20, warmup: int = 3) -> float:
     """Median wall time (ms) of sampling one chunk for one env (batch 1), after warm-up."""
     env = task.make_env()
     obs, _ = env.reset(seed=0)
@@ -280,7 +280,7 @@ def _run_pass(agent: Any, task: Task, seeds: list[int], todo: list[int], n_envs:
 
 # --- evaluation ----------------------------------------------------------------------------------
 
-def evaluate_agent(agent: DiffusionAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
+def evaluate_agent(agent: PolicyAgent, task: Task, seeds: list[int], n_envs: int = 10, vector: str = "sync",
                    deterministic: bool = True, video_episodes: int = 0, latency_repeats: int = 20,
                    done: dict[int, dict] | None = None, on_episode: Callable[[dict], None] | None = None,
                    progress: bool = False, video_path: Callable[[int], Path] | None = None) -> dict[str, Any]:
@@ -338,6 +338,6 @@ def evaluate_policy(policy: torch.nn.Module, task: Task, seeds: list[int], n_env
     training mode is restored afterwards. ``kw``: further :func:`evaluate_agent` options."""
     was_training = policy.training
     try:
-        return evaluate_agent(DiffusionAgent(policy), task, seeds, n_envs, latency_repeats=0, **kw)
+        return evaluate_agent(PolicyAgent(policy), task, seeds, n_envs, latency_repeats=0, **kw)
     finally:
         policy.train(was_training)

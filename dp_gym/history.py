@@ -1,5 +1,5 @@
 """Observation history and action queue of one episode: the receding-horizon state that
-:class:`~dp_gym.agent.DiffusionAgent` keeps per env and that the wrappers
+:class:`~dp_gym.agent.PolicyAgent` keeps per env and that the wrappers
 :class:`~dp_gym.wrappers.ObservationHistory` and :class:`~dp_gym.wrappers.ActionChunking` keep
 inside an env.
 

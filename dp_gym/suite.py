@@ -65,11 +65,38 @@ def summary(res: dict[str, Any]) -> dict[str, Any]:
     return {k: res[k] for k in res if k in keep or (k[:1] == "p" and k[1:].isdigit())}
 
 
+RUN_KEY_FILE = "suite_run_key.json"
+
+
+def run_key(entry: Any, argv: list[str]) -> dict[str, Any]:
+    """What an entry's result depends on: its weights (SHA-256 of ``model.safetensors``), the
+    benchmark command line and the dp_gym version. ``resume`` reuses a result only when it matches."""
+    import hashlib
+
+    import dp_gym
+
+    return {"model_sha256": hashlib.sha256((entry.path / "model.safetensors").read_bytes()).hexdigest(),
+            "argv": argv, "dp_gym": dp_gym.__version__}
+
+
+def _reusable(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The entry's finished result in ``out`` if it was made by ``key``'s weights and command."""
+    try:
+        if json.loads((out / RUN_KEY_FILE).read_text()) != key:
+            return None
+        return next(iter(json.loads((out / "results.json").read_text())["results"].values()))
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Path | None = None,
-              n_envs: int | None = None, num_threads: int = 0, command: str = "", jobs: int = 1) -> dict[str, Any]:
+              n_envs: int | None = None, num_threads: int = 0, command: str = "", jobs: int = 1,
+              resume: bool = False) -> dict[str, Any]:
     """Evaluate every entry of ``suite`` and write the suite's results, table and plot. With
     ``jobs`` > 1 the entries run as that many ``python -m dp_gym.benchmark`` processes at once
-    (the same command lines, each recorded in its entry's results.json)."""
+    (the same command lines, each recorded in its entry's results.json). With ``resume`` an entry
+    whose folder holds a result of the same weights and command line (:func:`run_key`) is not run
+    again, so a killed suite, or one after a single entry is re-shipped, redoes only what changed."""
     import subprocess
 
     from tqdm import tqdm
@@ -90,13 +117,22 @@ def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Pa
                              "--out-dir", str(out / entry.task / entry.policy)] + (["--num-threads", str(num_threads)] if num_threads else [])
     bar = tqdm(total=len(entries), desc=f"suite {suite['name']}", unit="entry")
     results: dict[str, dict[str, Any]] = {}
+    keys = {entry.name: run_key(entry, argvs[entry.name]) for entry in entries}
+    for entry in entries:
+        entry_out = out / entry.task / entry.policy
+        if resume and (res := _reusable(entry_out, keys[entry.name])) is not None:
+            results[entry.name] = res
+            bar.update(1)
+        else:  # a result made by other weights or options must not survive beside the new run
+            (entry_out / RUN_KEY_FILE).unlink(missing_ok=True)
+    todo = [entry for entry in entries if entry.name not in results]
     if jobs == 1:
-        for entry in entries:
+        for entry in todo:
             argv = argvs[entry.name]
             results[entry.name] = benchmark.run(benchmark.parse_args(argv), command=benchmark.command_line("dp_gym.benchmark", argv))[entry.policy]
             bar.update(1)
     else:
-        pending, running = list(entries), {}
+        pending, running = list(todo), {}
         while pending or running:
             while pending and len(running) < jobs:
                 entry = pending.pop(0)
@@ -111,6 +147,9 @@ def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Pa
             if running:
                 time.sleep(1)
     bar.close()
+    for entry in todo:
+        if "error" not in results[entry.name]:
+            atomic_write_json(out / entry.task / entry.policy / RUN_KEY_FILE, keys[entry.name])
     table: dict[str, dict[str, Any]] = {}
     for entry in entries:  # in the suite's order, whatever order they finished in
         table.setdefault(entry.task, {})[entry.policy] = summary(results[entry.name])

@@ -6,7 +6,7 @@ A dataset reader returns an :class:`EpisodeData` whose arrays hold the policy's 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -27,15 +27,12 @@ class Task:
     load_dataset: Callable[[str | None], EpisodeData]
     obs_keys: tuple[str, ...]
     max_episode_steps: int
-    # Metric: which info key holds the per-step score that is maximised over the episode
-    # (Push-T: coverage reward), and whether success is read from info["is_success"].
-    score_name: str = "max_reward"
-    # Optional per-episode count metric (Franka Kitchen: completed tasks): the info key whose episode
-    # maximum is recorded, and the largest possible count; results then get p1..pK and mean_<count>.
+    # Metric: the episode's maximum of the per-step reward (Push-T: coverage) and success from
+    # info["is_success"]. Optional per-episode count metric (Franka Kitchen: completed tasks): the
+    # info key whose episode maximum is recorded, and the largest possible count; results then
+    # get p1..pK and mean_<count>.
     count_info_key: str | None = None
     count_max: int = 0
-    description: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
 
     def make_env(self, **overrides: Any) -> gym.Env:
         import dp_gym  # noqa: F401  (registers the env ids)
@@ -105,24 +102,24 @@ def _robomimic_reader(rel_path: str, obs_keys: tuple[str, ...], absolute: bool =
 def _robosuite_tasks() -> dict[str, Task]:
     tasks = {}
     for name, env_task, horizon in (("lift", "Lift", 400), ("can", "PickPlaceCan", 400), ("square", "NutAssemblySquare", 400)):
+        # robomimic <env task> (Panda, OSC_POSE delta actions) from low-dim state
         tasks[f"{name}_state"] = Task(
             name=f"{name}_state", env_id=f"dp_gym/{env_task}-v0", env_kwargs={}, max_episode_steps=horizon,
             load_dataset=_robomimic_reader(f"robosuite/{name}.hdf5", ROBOMIMIC_LOWDIM_KEYS), obs_keys=ROBOMIMIC_LOWDIM_KEYS,
-            description=f"robomimic {env_task} (Panda, OSC_POSE delta actions) from low-dim state; success rate",
         )
-        # The paper's choice for diffusion policy: absolute end-effector pose targets ("position
-        # control"), which it found far better than delta ("velocity") actions.
+        # The same from low-dim state with absolute pose actions (pos + rot6d + gripper): the
+        # paper's choice for diffusion policy ("position control"), which it found far better
+        # than delta ("velocity") actions.
         tasks[f"{name}_state_abs"] = Task(
             name=f"{name}_state_abs", env_id=f"dp_gym/{env_task}-v0", env_kwargs={"action_mode": "absolute"},
             max_episode_steps=horizon, obs_keys=ROBOMIMIC_LOWDIM_KEYS,
             load_dataset=_robomimic_reader(f"robosuite/{name}.hdf5", ROBOMIMIC_LOWDIM_KEYS, absolute=True),
-            description=f"robomimic {env_task} from low-dim state with absolute pose actions (pos + rot6d + gripper)",
         )
         keys = ROBOMIMIC_CAMERAS + ROBOMIMIC_LOWDIM_KEYS[:3]
+        # The same from agentview + eye-in-hand 84x84 images and proprioception
         tasks[f"{name}_image"] = Task(
             name=f"{name}_image", env_id=f"dp_gym/{env_task}-v0", env_kwargs={"cameras": ("agentview", "robot0_eye_in_hand")},
             max_episode_steps=horizon, load_dataset=_robomimic_reader(f"robosuite/{name}_image.hdf5", keys), obs_keys=keys,
-            description=f"robomimic {env_task} from agentview + eye-in-hand 84x84 images and proprioception",
         )
     return tasks
 
@@ -139,6 +136,7 @@ def _toy_bimodal(data_dir: str | None = None, n_episodes: int = 64, length: int 
 
 
 TASKS: dict[str, Task] = {
+    # Push-T from 9 block keypoints + agent position (paper: 'Push-T keypoints')
     "pusht_keypoints": Task(
         name="pusht_keypoints",
         env_id="dp_gym/PushT-v0",
@@ -146,8 +144,8 @@ TASKS: dict[str, Task] = {
         load_dataset=_pusht_keypoints,
         obs_keys=("obs",),
         max_episode_steps=300,
-        description="Push-T from 9 block keypoints + agent position (paper: 'Push-T keypoints')",
     ),
+    # Push-T from [agent_xy, block_xy, block_angle]
     "pusht_state": Task(
         name="pusht_state",
         env_id="dp_gym/PushT-v0",
@@ -155,8 +153,8 @@ TASKS: dict[str, Task] = {
         load_dataset=_pusht_state,
         obs_keys=("obs",),
         max_episode_steps=300,
-        description="Push-T from [agent_xy, block_xy, block_angle]",
     ),
+    # Push-T from the 96x96 RGB image (uint8) + agent position (paper: 'Push-T image')
     "pusht_image": Task(
         name="pusht_image",
         env_id="dp_gym/PushT-v0",
@@ -164,8 +162,8 @@ TASKS: dict[str, Task] = {
         load_dataset=_pusht_image,
         obs_keys=("pixels", "agent_pos"),
         max_episode_steps=300,
-        description="Push-T from the 96x96 RGB image (uint8) + agent position (paper: 'Push-T image')",
     ),
+    # Franka Kitchen (D4RL kitchen-complete-v0, 19 demos): microwave, kettle, light switch, slide cabinet
     "kitchen_complete": Task(
         name="kitchen_complete",
         env_id="dp_gym/FrankaKitchen-v0",
@@ -175,8 +173,8 @@ TASKS: dict[str, Task] = {
         max_episode_steps=280,
         count_info_key="n_completed",
         count_max=4,
-        description="Franka Kitchen (D4RL kitchen-complete-v0, 19 demos): microwave, kettle, light switch, slide cabinet",
     ),
+    # two equally good action modes (+0.7 / -0.7) for the same observation
     "toy_bimodal": Task(
         name="toy_bimodal",
         env_id="",  # dataset-only task: scored by benchmarks/toy_multimodal.py, not by rollouts
@@ -184,16 +182,15 @@ TASKS: dict[str, Task] = {
         load_dataset=_toy_bimodal,
         obs_keys=("obs",),
         max_episode_steps=16,
-        description="two equally good action modes (+0.7 / -0.7) for the same observation",
     ),
 }
 
 
-# The same kitchen task with joint position targets as actions (see dp_gym.envs.kitchen).
+# The same kitchen task with joint position targets as actions, the demos' velocities converted
+# exactly (see dp_gym.envs.kitchen).
 TASKS["kitchen_complete_abs"] = replace(
     TASKS["kitchen_complete"], name="kitchen_complete_abs", env_kwargs={"action_mode": "absolute"},
     load_dataset=_kitchen_complete_abs,
-    description="kitchen_complete with joint position targets as actions (the demos' velocities converted exactly)",
 )
 TASKS.update(_robosuite_tasks())
 

@@ -12,8 +12,8 @@ An entry is a folder ``<zoo>/<task>/<policy>/`` holding
 
 The zoo lives in ``benchmarks/zoo`` of the dp_gym checkout (``$DP_GYM_ZOO_DIR`` overrides it).
 
-    >>> from dp_gym import DiffusionAgent
-    >>> agent = DiffusionAgent.from_pretrained("zoo:pusht_keypoints/diffusion")  # doctest: +SKIP
+    >>> from dp_gym import PolicyAgent
+    >>> agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")  # doctest: +SKIP
 
 Command line::
 
@@ -124,19 +124,19 @@ def golden_observations(task_name: str, policy: torch.nn.Module, data_dir: str |
 def golden_actions(policy: torch.nn.Module, obs: dict[str, torch.Tensor], noise: torch.Tensor | None,
                    default_path: bool = False) -> torch.Tensor:
     """The policy's chunk for ``obs`` (history windows) with the given sampling noise: plain eager
-    PyTorch, or with ``default_path`` the way :class:`~dp_gym.agent.DiffusionAgent` samples by
-    default (on CPU, the ONNX Runtime trunk)."""
-    from dp_gym.agent import DiffusionAgent
+    PyTorch, or with ``default_path`` the way :class:`~dp_gym.agent.PolicyAgent` samples by
+    default (an ``accelerable`` policy on CPU: the ONNX Runtime trunk)."""
+    from dp_gym.agent import PolicyAgent
 
     kw: dict[str, Any] = {} if noise is None else {"noise": noise}
-    if default_path and hasattr(policy, "denoiser"):
-        kw["accelerator"] = DiffusionAgent(policy)._sampling_accelerator()
+    if default_path and policy.accelerable:
+        kw["accelerator"] = PolicyAgent(policy)._sampling_accelerator()
     with torch.inference_mode():
         return policy.predict_chunk(obs, **kw).float()
 
 
 def golden_noise(policy: torch.nn.Module, n: int, seed: int = 0) -> torch.Tensor | None:
-    if not hasattr(policy, "noise_shape"):
+    if not policy.stochastic:
         return None
     return torch.randn((n, *policy.noise_shape()), generator=torch.Generator().manual_seed(seed))
 
@@ -209,8 +209,8 @@ def render_card(card: dict[str, Any]) -> str:
     """The model card as Markdown."""
     t = card.get("training", {})
     lines = [f"# {card['task']} / {card['policy']}", "", card.get("summary", ""), "",
-             "## Use", "", "```python", "from dp_gym import DiffusionAgent",
-             f'agent = DiffusionAgent.from_pretrained("zoo:{card["task"]}/{card["policy"]}")', "```", "",
+             "## Use", "", "```python", "from dp_gym import PolicyAgent",
+             f'agent = PolicyAgent.from_pretrained("zoo:{card["task"]}/{card["policy"]}")', "```", "",
              "```bash",
              f"python -m dp_gym.benchmark --task {card['task']} --policy {card['policy']}=zoo:{card['task']}/{card['policy']} "
              + " ".join(card.get("benchmark_args", [])) + " --seeds 100000:100050", "```", ""]

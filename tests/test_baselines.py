@@ -188,7 +188,14 @@ def test_bc_is_deterministic():
     p = fitted("bc")
     obs = obs_batch()
     torch.testing.assert_close(p.predict_chunk(obs), p.predict_chunk(obs), rtol=0, atol=0)
-    assert not hasattr(p, "noise_shape")  # the agent draws no noise for it
+    assert not p.stochastic  # the agent draws no noise for it:
+    calls = []
+    real = p.predict_chunk
+    p.predict_chunk = lambda obs, **kw: calls.append(kw) or real(obs, **kw)
+    DiffusionAgent(p).predict(obs["obs"][:, -1].numpy(), deterministic=True)
+    assert calls == [{}]
+    with pytest.raises(TypeError, match="deterministic"):
+        p.noise_shape()
 
 
 # --- learning -------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from dp_gym.policies.diffusion.config import DiffusionConfig
-from dp_gym.policies.diffusion.policy import DiffusionPolicy, check_obs
+from dp_gym.policies.diffusion.policy import DiffusionPolicy
+from dp_gym.policies.policy import check_obs
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
 
 OBS_D, A = 3, 2

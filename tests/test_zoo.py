@@ -163,6 +163,8 @@ def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
     from pathlib import Path
 
     from dp_gym.benchmark import parse_args as parse_benchmark, parse_seeds
+    from dp_gym.collect import CollectConfig
+    from dp_gym.utils.cli import parse_config
     from dp_gym.train import parse_args as parse_train
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo_protocol.py"
@@ -178,6 +180,11 @@ def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
             cfg = parse_train(argv[3:])
             assert (cfg.task, cfg.policy, cfg.seed, cfg.resume) == (task, policy, seed, True)
         parse_benchmark(["--task", task, "--policy", "x=y", *recipe["benchmark_args"]])
+        if "collect" in recipe:  # scripted demos: the command writes the file the training reads
+            argv = shlex.split(recipe["collect"])
+            collect_cfg = parse_config(CollectConfig, argv[3:])
+            assert collect_cfg.task == task.split("_")[0]
+            assert Path(collect_cfg.out) == Path(cfg.data_dir) / recipe["data"]
 
 
 def test_suite_entries_in_parallel_processes_give_the_in_process_results(tmp_path, tmp_zoo):
@@ -192,6 +199,28 @@ def test_suite_entries_in_parallel_processes_give_the_in_process_results(tmp_pat
         assert a["mean_max_reward"] == pytest.approx(b["mean_max_reward"], abs=1e-9)
     with pytest.raises(ValueError, match="jobs"):
         run_suite(suite, out_dir=tmp_path / "x", jobs=0)
+
+
+def test_suite_resume_reruns_only_entries_whose_weights_or_options_changed(tmp_path, tmp_zoo, monkeypatch):
+    from dp_gym import benchmark
+    from dp_gym.checkpoint import atomic_save_tensors
+    from dp_gym.suite import run_suite
+
+    suite = {"name": "mini", "seeds": "100000:100002"}
+    first = run_suite(suite, out_dir=tmp_path / "s", n_envs=2)
+    ran = []
+    real_run = benchmark.run
+    monkeypatch.setattr(benchmark, "run", lambda cfg, command="": ran.append(cfg.policies[0]) or real_run(cfg, command))
+    again = run_suite(suite, out_dir=tmp_path / "s", n_envs=2, resume=True)
+    assert ran == [] and again["results"] == first["results"]  # nothing changed: nothing re-run
+    entry = get_entry("pusht_keypoints/bc")  # re-ship one entry with other weights
+    tensors, meta = load_tensors(entry.path / "model.safetensors")
+    key = next(k for k in tensors if k.endswith("weight"))
+    atomic_save_tensors(entry.path / "model.safetensors", {**tensors, key: tensors[key] * 1.5}, meta)
+    run_suite(suite, out_dir=tmp_path / "s", n_envs=2, resume=True)
+    assert ran == ["bc=zoo:pusht_keypoints/bc"]
+    run_suite({**suite, "seeds": "100000:100003"}, out_dir=tmp_path / "s", n_envs=2, resume=True)  # other seeds: all re-run
+    assert len(ran) == 3
 
 
 def test_readme_spread_table_comes_from_the_cards(tmp_zoo):

@@ -17,5 +17,5 @@ python -m dp_gym.train --task lift_image --policy diffusion --model-size small -
     --val-ratio 0 --num-threads "$THREADS" --data-dir "$DATA" --out-dir runs/lift_img_e2e --resume
 python -m dp_gym.benchmark --task lift_image --seeds 100000:100003 --n-envs 3 \
     --policy dp_img_150steps=runs/lift_img_e2e/checkpoints/latest --sampler ddim --num-inference-steps 10 \
-    --videos 1 --latency-repeats 5 --num-threads "$THREADS" --data-dir "$DATA" --out-dir "$OUT"
+    --videos 1 --latency-repeats 5 --num-threads "$THREADS" --out-dir "$OUT"
 mkdir -p "$TRAIN_LOG" && cp runs/lift_img_e2e/{metrics.csv,train_config.json} "$TRAIN_LOG/"

@@ -62,10 +62,10 @@ eval-dp)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "dp_unet_small${TAG}=runs/${TASK}${SUFFIX}_dp_small${TAG}/checkpoints/latest" \
         --sampler "$SAMPLER" --num-inference-steps "$NIS" --videos 1 --latency-repeats 10 --num-threads "$THREADS" \
-        --data-dir "$DATA" --out-dir "$OUT/${TASK}_state${SUFFIX}/diffusion/$VARIANT" ;;
+        --out-dir "$OUT/${TASK}_state${SUFFIX}/diffusion/$VARIANT" ;;
 eval-bc)
     python -m dp_gym.benchmark --task "${TASK}_state${SUFFIX}" --seeds 100000:100050 --n-envs 10 \
         --policy "bc_chunked=runs/${TASK}${SUFFIX}_bc/checkpoints/latest" --videos 1 --latency-repeats 10 \
-        --num-threads "$THREADS" --data-dir "$DATA" --out-dir "$OUT/${TASK}_state${SUFFIX}/bc/chunked_5k" ;;
+        --num-threads "$THREADS" --out-dir "$OUT/${TASK}_state${SUFFIX}/bc/chunked_5k" ;;
 *) echo "unknown stage $STAGE (dp | bc | eval-dp | eval-bc | collect-dart)" >&2; exit 2 ;;
 esac

@@ -54,7 +54,7 @@ score() {  # score TASK_ID DATA_DIR RUN_DIR NAME OUT_NAME: seeds 100000-100049 (
         if [[ $seeds == 100000:100050 ]]; then videos=1 dir=$out; else videos=0 dir=$out/seeds100050-100099; fi
         python -m dp_gym.benchmark --task "$task" --seeds "$seeds" --n-envs 10 \
             --policy "$name=$run/checkpoints/latest" --sampler ddim --num-inference-steps 10 --videos "$videos" \
-            --latency-repeats 3 --num-threads 1 --data-dir "$data" --out-dir "$RES/$dir"
+            --latency-repeats 3 --num-threads 1 --out-dir "$RES/$dir"
     done
 }
 

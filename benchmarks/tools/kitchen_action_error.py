@@ -18,12 +18,12 @@ import json
 import numpy as np
 import torch
 
-from dp_gym.agent import DiffusionAgent
+from dp_gym.agent import PolicyAgent
 from dp_gym.data.replay import EpisodeData
 from dp_gym.tasks import get_task
 
 
-def teacher_forced_mse(agent: DiffusionAgent, data: EpisodeData, frames: int) -> float:
+def teacher_forced_mse(agent: PolicyAgent, data: EpisodeData, frames: int) -> float:
     obs, actions = data.arrays["obs"], data.arrays["action"]
     errors = []
     for start, end in zip(data.episode_starts, data.episode_ends):
@@ -50,7 +50,7 @@ def main() -> None:
         name, sep, path = spec.partition("=")
         if not sep:
             parser.error(f"policy must be NAME=CHECKPOINT_DIR, got {spec!r}")
-        out["mse"][name] = teacher_forced_mse(DiffusionAgent.load(path), data, args.frames)
+        out["mse"][name] = teacher_forced_mse(PolicyAgent.load(path), data, args.frames)
     print(json.dumps(out, indent=2))
 
 

@@ -16,7 +16,7 @@ import json
 
 import torch
 
-from dp_gym.agent import DiffusionAgent
+from dp_gym.agent import PolicyAgent
 from dp_gym.benchmark import with_action_horizon
 from dp_gym.checkpoint import load_policy
 from dp_gym.episodes import Episode, RolloutCallback, Step, rollout
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     policy, _ = load_policy(a.checkpoint, "cpu")
     if a.n_action_steps is not None:
         policy.config = with_action_horizon(policy, a.n_action_steps)
-    agent = DiffusionAgent(policy)
+    agent = PolicyAgent(policy)
     agent.sample_kwargs.update(sampler="ddim", num_inference_steps=10, noise_scale=a.noise_scale)
     env = get_task(a.task).make_env()
     rows = []

@@ -40,7 +40,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from dp_gym.agent import DiffusionAgent
+from dp_gym.agent import PolicyAgent
 from dp_gym.benchmark import with_action_horizon
 from dp_gym.checkpoint import load_policy
 from dp_gym.episodes import RolloutCallback, rollout
@@ -50,7 +50,7 @@ from dp_gym.tasks import get_task
 ON_PEG_XY = 0.03  # robosuite's on_peg: nut centre within this of the peg in x and y (m)
 
 
-def run_episode(agent: DiffusionAgent, env, seed: int, on_reset: Callable[[], None],
+def run_episode(agent: PolicyAgent, env, seed: int, on_reset: Callable[[], None],
                 on_step: Callable[[np.ndarray], None]) -> tuple[int, bool]:
     """One benchmark-identical episode (:func:`dp_gym.episodes.rollout`, noise keyed by the seed);
     ``on_reset()`` sees the simulator's initial state and ``on_step(action)`` the state after every
@@ -67,7 +67,7 @@ def label(success: bool, stages: list[tuple[str, bool]], otherwise: str) -> str:
     return next((name for name, reached in stages if not reached), otherwise)
 
 
-def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
+def classify_can(agent: PolicyAgent, env, seed: int) -> dict:
     rs = env.unwrapped.robosuite_env
     can_id = rs.obj_body_id["Can"]
     bin_id = rs.object_to_id["can"]
@@ -93,7 +93,7 @@ def classify_can(agent: DiffusionAgent, env, seed: int) -> dict:
     return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": held, "regrasps": st["regrasps"]}
 
 
-def classify_square(agent: DiffusionAgent, env, seed: int) -> dict:
+def classify_square(agent: PolicyAgent, env, seed: int) -> dict:
     rs = env.unwrapped.robosuite_env
     nut = rs.nuts[rs.nut_to_id["square"]]
     nut_id, peg_id = rs.obj_body_id[nut.name], rs.peg1_body_id
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
     task_id = env_task_id(task, policy.config.action_dim)
     if a.n_action_steps is not None:  # as benchmark --n-action-steps does
         policy.config = with_action_horizon(policy, a.n_action_steps)
-    agent = DiffusionAgent(policy)
+    agent = PolicyAgent(policy)
     agent.sample_kwargs.update(sampler=a.sampler, num_inference_steps=a.num_inference_steps)
     env = get_task(task_id).make_env()
     rows = []

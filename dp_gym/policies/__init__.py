@@ -1,6 +1,14 @@
-"""Policy registry: name → (policy class, config class). Every policy exposes ``config``,
-``policy_type``, ``fit_normalizers``, ``compute_loss`` and ``predict_chunk``; stochastic ones also
-``noise_shape`` (the per-sample standard normals ``predict_chunk(noise=...)`` consumes).
+"""Policies: one abstract interface, one registry, one sub-package per policy.
+
+* :mod:`dp_gym.policies.policy`: :class:`Policy`, the interface every policy implements (loss,
+  chunk prediction, normalisers, capabilities).
+* :mod:`dp_gym.policies.config`: :class:`PolicyConfig`, the base of every policy's config dataclass.
+* :mod:`dp_gym.policies.registry`: :func:`register_policy` (class decorator) and the look-ups
+  (:func:`make_policy`, :func:`policy_classes`, :func:`model_sizes`, :func:`policy_names`).
+* :mod:`dp_gym.policies.mlp`: the MLP pieces the ``bc`` and ``ibc`` baselines share.
+* :mod:`dp_gym.policies.vision`: the image encoder.
+
+Registered policies (``dp_gym/policies/<name>/config.py`` + ``policy.py``):
 
 * ``diffusion``: Diffusion Policy (Chi et al., RSS 2023).
 * ``bc``: explicit behaviour cloning, MLP + MSE (single-step or chunked).
@@ -9,40 +17,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dp_gym.policies.registry import (get_policy_class, make_policy, model_sizes, policy_classes, policy_names,
+                                      register_policy, registered_policies)
 
-
-def policy_classes() -> dict[str, tuple[type, type]]:
-    from dp_gym.policies.bc.config import BCConfig
-    from dp_gym.policies.bc.policy import BCPolicy
-    from dp_gym.policies.diffusion.config import DiffusionConfig
-    from dp_gym.policies.diffusion.policy import DiffusionPolicy
-    from dp_gym.policies.ibc.config import IBCConfig
-    from dp_gym.policies.ibc.policy import IBCPolicy
-
-    return {
-        "diffusion": (DiffusionPolicy, DiffusionConfig),
-        "bc": (BCPolicy, BCConfig),
-        "ibc": (IBCPolicy, IBCConfig),
-    }
-
-
-def model_sizes(policy_type: str) -> dict[str, dict[str, Any]]:
-    """Named size presets (``--model-size``) of a policy type: size name → config overrides."""
-    if policy_type == "diffusion":
-        from dp_gym.policies.diffusion.config import MODEL_SIZES
-    elif policy_type in ("bc", "ibc"):
-        from dp_gym.policies.common import MLP_MODEL_SIZES as MODEL_SIZES
-    else:
-        raise ValueError(f"unknown policy type {policy_type!r}; available: {sorted(policy_classes())}")
-    return MODEL_SIZES
-
-
-def make_policy(policy_type: str, config: dict[str, Any] | Any):
-    classes = policy_classes()
-    if policy_type not in classes:
-        raise ValueError(f"unknown policy type {policy_type!r}; available: {sorted(classes)}")
-    policy_cls, config_cls = classes[policy_type]
-    if isinstance(config, dict):
-        config = config_cls.from_dict(config)
-    return policy_cls(config)
+__all__ = ["get_policy_class", "make_policy", "model_sizes", "policy_classes", "policy_names", "register_policy",
+           "registered_policies"]

@@ -27,7 +27,7 @@ class ActionChunking(gym.Wrapper[Any, np.ndarray, Any, np.ndarray], gym.utils.Re
     and ``info["n_steps"]`` (number of steps executed).
 
     The chunk's actions are run from an :class:`~dp_gym.history.ActionQueue`, the queue
-    :class:`~dp_gym.agent.DiffusionAgent` keeps per env when it returns one action per call.
+    :class:`~dp_gym.agent.PolicyAgent` keeps per env when it returns one action per call.
 
     Put it outside :class:`ObservationHistory` so that the returned history spans the inner steps.
 

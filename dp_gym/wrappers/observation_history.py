@@ -26,7 +26,7 @@ class ObservationHistory(gym.Wrapper[Any, ActType, ObsType, ActType], gym.utils.
     :meth:`reset` fills the history by repeating the first observation (as the Diffusion Policy
     paper pads), and each :meth:`step` drops the oldest entry and appends the newest (index ``-1``
     is the current observation). The history is a :class:`~dp_gym.history.HistoryBuffer`, the
-    one :class:`~dp_gym.agent.DiffusionAgent` keeps per env when the env is not wrapped.
+    one :class:`~dp_gym.agent.PolicyAgent` keeps per env when the env is not wrapped.
 
     Where it differs from ``FrameStackObservation``:
 

@@ -9,22 +9,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dp_gym.policies.base import NormalizedPolicy
 from dp_gym.policies.bc.config import BCConfig
-from dp_gym.policies.common import action_window, build_mlp
-from dp_gym.policies.diffusion.policy import check_obs
+from dp_gym.policies.mlp import MLP_MODEL_SIZES, action_window, build_mlp
+from dp_gym.policies.policy import Policy, check_obs
+from dp_gym.policies.registry import register_policy
 
 
-class BCPolicy(NormalizedPolicy):
+@register_policy("bc")
+class BCPolicy(Policy):
     """MLP from the flattened normalised (To, F) observation history to the ``n_action_steps``
     normalised actions starting at the current step. Deterministic: ``predict_chunk`` takes no
     noise, so the agent draws none for it."""
 
-    policy_type = "bc"
+    config_class = BCConfig
+    model_sizes = MLP_MODEL_SIZES
 
     def __init__(self, config: BCConfig) -> None:
-        super().__init__(config.obs_shapes, config.action_dim)
-        self.config = config
+        super().__init__(config)
         c = config
         self.net = build_mlp(c.n_obs_steps * c.obs_feature_dim, c.hidden_dims, c.pred_steps * c.action_dim, c.activation, c.dropout)
 

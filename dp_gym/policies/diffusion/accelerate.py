@@ -5,7 +5,7 @@ conditioning (diffusion-step embedding, FiLM scale/bias or the transformer's mem
 on (step, observation), so the loop computes it for all K steps in one batched call and then runs
 only the denoiser's trunk per step. Modes:
 
-* ``"onnx"`` (the CPU default of :class:`~dp_gym.agent.DiffusionAgent`): the trunk runs in ONNX
+* ``"onnx"`` (the CPU default of :class:`~dp_gym.agent.PolicyAgent`): the trunk runs in ONNX
   Runtime, exported with its convolutions as one GEMM over (batch x positions) rows, where PyTorch
   runs these small 1-D convolutions through its im2col fallback one sample at a time (1.5-1.9x
   per chunk on the CPU of ``benchmarks/results/perf_cpu``); the scheduler steps stay in PyTorch.

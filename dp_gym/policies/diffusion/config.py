@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dp_gym.policies.base import ConfigDict, validate_policy_fields
+from dp_gym.policies.config import PolicyConfig, validate_policy_fields
 from dp_gym.policies.diffusion.scheduler import PREDICTION_TYPES
 
 
 @dataclass
-class DiffusionConfig(ConfigDict):
+class DiffusionConfig(PolicyConfig):
     """Everything needed to rebuild a :class:`DiffusionPolicy` (saved as JSON in checkpoints).
 
     ``obs_shapes`` maps each observation key to its per-step shape. Low-dim keys have shape

@@ -9,50 +9,37 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dp_gym.policies.base import DEFAULT_WEIGHT_DECAY, NormalizedPolicy
 from dp_gym.policies.diffusion.accelerate import DenoisingLoop, SamplingAccelerator
-from dp_gym.policies.diffusion.config import DiffusionConfig
+from dp_gym.policies.diffusion.config import MODEL_SIZES, DiffusionConfig
 from dp_gym.policies.diffusion.scheduler import NoiseScheduler
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
+from dp_gym.policies.policy import DEFAULT_WEIGHT_DECAY, Policy, check_obs
+from dp_gym.policies.registry import register_policy
 from dp_gym.policies.vision import ImageObsEncoder
 
 
-def check_obs(obs: dict[str, torch.Tensor], obs_shapes: dict[str, list[int]], n_obs_steps: int) -> None:
-    """Raise a clear error unless ``obs`` holds every key with shape (B, To, *shape): finite floats
-    for low-dim keys, uint8 (H, W, C) images for image keys."""
-    missing = [k for k in obs_shapes if k not in obs]
-    if missing:
-        raise KeyError(f"observation is missing keys {missing}; expected keys {list(obs_shapes)}, got {list(obs)}")
-    batch = None
-    for key, shape in obs_shapes.items():
-        x = obs[key]
-        expected = (n_obs_steps, *shape)
-        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"observation {key!r} must have shape (batch, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if batch is None:
-            batch = x.shape[0]
-        elif x.shape[0] != batch:
-            raise ValueError(f"observation {key!r} has batch {x.shape[0]}, others have {batch}")
-        if len(shape) == 3:
-            if x.dtype != torch.uint8:
-                raise TypeError(f"image observation {key!r} must be uint8 (H, W, C) with values 0-255, got {x.dtype}")
-            continue
-        if not x.is_floating_point():
-            raise TypeError(f"observation {key!r} must be a float tensor, got {x.dtype}")
-        if not torch.isfinite(x).all():
-            raise ValueError(f"observation {key!r} contains NaN or inf")
-
-
-class DiffusionPolicy(NormalizedPolicy):
+@register_policy("diffusion")
+class DiffusionPolicy(Policy):
     """Conditional DDPM over action sequences of length ``horizon``, conditioned on the last
     ``n_obs_steps`` observations. ``predict_chunk`` returns the ``n_action_steps`` actions starting
     at index To-1 (the current step) of the sampled sequence."""
 
-    policy_type = "diffusion"
+    config_class = DiffusionConfig
+    model_sizes = MODEL_SIZES
+    samples_horizon = True
+    stochastic = True
+    samplers = ("ddpm", "ddim")
+    accepts_step_count = True
+    accepts_noise_scale = True
+    accelerable = True
+
+    @classmethod
+    def config_from_options(cls, options, obs_shapes, action_dim):
+        """The base class's config plus ``options.denoiser`` (the denoising network)."""
+        return {**super().config_from_options(options, obs_shapes, action_dim), "denoiser": options.denoiser}
 
     def __init__(self, config: DiffusionConfig) -> None:
-        super().__init__(config.obs_shapes, config.action_dim)
-        self.config = config
+        super().__init__(config)
         c = config
         if c.denoiser == "unet":
             self.denoiser = ConditionalUnet1D(
@@ -69,7 +56,7 @@ class DiffusionPolicy(NormalizedPolicy):
                 p_drop_attn=c.p_drop_attn, causal_attn=c.causal_attn, n_cond_layers=c.n_cond_layers,
             )
         self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample, prediction_type=c.prediction_type)
-        self.accelerator: SamplingAccelerator | None = None  # see DiffusionAgent.accelerate
+        self.accelerator: SamplingAccelerator | None = None  # see PolicyAgent.accelerate
         self.image_encoder: ImageObsEncoder | None = None
         if c.image_keys:
             self.image_encoder = ImageObsEncoder(
@@ -124,6 +111,14 @@ class DiffusionPolicy(NormalizedPolicy):
         draws = 1 if (sampler or c.sampler) == "ddim" else steps
         return (draws, c.horizon, c.action_dim)
 
+    def make_accelerator(self, mode: str, autocast: str = "no", sampler: str | None = None,
+                         num_inference_steps: int | None = None, **_: object) -> SamplingAccelerator:
+        """A :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator` running the
+        denoising loop of ``sampler`` / ``num_inference_steps`` (default: the config's) in
+        ``mode`` under ``autocast``; other sampling keywords (``noise_scale``) do not change the
+        loop and are ignored."""
+        return SamplingAccelerator(self, mode, autocast, sampler, num_inference_steps)
+
     @torch.inference_mode()
     def sample_actions(
         self,
@@ -139,7 +134,7 @@ class DiffusionPolicy(NormalizedPolicy):
 
         The Gaussian draws come from ``noise`` (B, *noise_shape()) when given (so callers can make
         each sample's randomness independent of the batch it is in), else from ``generator``.
-        ``accelerator`` (default: :attr:`accelerator`, set by ``DiffusionAgent.accelerate``) runs
+        ``accelerator`` (default: :attr:`accelerator`, set by ``PolicyAgent.accelerate``) runs
         the denoising loop compiled / graph-captured / autocast; it must match sampler and steps.
         ``noise_scale`` multiplies every Gaussian draw (a sampling temperature): 1 is the trained
         model's distribution; 0 starts DDIM from x_T = 0 and removes DDPM's per-step noise, so the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dp_gym.policies.common import MLPPolicyConfig
+from dp_gym.policies.mlp import MLPPolicyConfig
 
 
 @dataclass

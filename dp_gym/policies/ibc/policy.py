@@ -3,7 +3,7 @@ InfoNCE against uniform counter-examples, acted with a derivative-free optimiser
 
 Randomness is reproducible: every random number the optimiser uses is derived from one standard
 normal tensor per batch element (shape :meth:`IBCPolicy.noise_shape`), which the caller may pass
-(``noise=``, as :class:`~dp_gym.agent.DiffusionAgent` does per env) or have drawn from
+(``noise=``, as :class:`~dp_gym.agent.PolicyAgent` does per env) or have drawn from
 ``generator``. Uniform draws are obtained from normals through the normal CDF.
 """
 
@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.policies.base import NormalizedPolicy
-from dp_gym.policies.common import ACTIVATIONS, action_window, build_mlp
-from dp_gym.policies.diffusion.policy import check_obs
 from dp_gym.policies.ibc.config import IBCConfig, validate_dfo_args
+from dp_gym.policies.mlp import ACTIVATIONS, MLP_MODEL_SIZES, action_window, build_mlp
+from dp_gym.policies.policy import Policy, check_obs
+from dp_gym.policies.registry import register_policy
 
 
 def dfo_noise_shape(action_shape: Sequence[int], n_samples: int, n_iters: int) -> tuple[int, int, int]:
@@ -103,18 +103,20 @@ def dfo_minimize(
     return x[rows, best].view(B, *action_shape)
 
 
-class IBCPolicy(NormalizedPolicy):
+@register_policy("ibc")
+class IBCPolicy(Policy):
     """Energy MLP over [flattened normalised obs history, flattened normalised action chunk].
 
     The first layer acts on the concatenation; it is split into an observation part (computed once
     per observation) and an action part (computed per candidate), which is the same linear map.
     """
 
-    policy_type = "ibc"
+    config_class = IBCConfig
+    model_sizes = MLP_MODEL_SIZES
+    stochastic = True  # the DFO's candidates and resampling draw from noise_shape() normals
 
     def __init__(self, config: IBCConfig) -> None:
-        super().__init__(config.obs_shapes, config.action_dim)
-        self.config = config
+        super().__init__(config)
         c = config
         h0 = c.hidden_dims[0]
         self.obs_in = nn.Linear(c.n_obs_steps * c.obs_feature_dim, h0)

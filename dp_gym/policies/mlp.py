@@ -1,5 +1,5 @@
-"""Pieces shared by the MLP baselines (explicit BC, implicit BC): their config fields and
-validation, the MLP builder and the action-window slice they are trained on."""
+"""What the MLP baselines (explicit BC, implicit BC) share: their config fields and validation,
+their size presets, the MLP builder and the action-window slice they are trained on."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dp_gym.policies.base import ConfigDict, validate_policy_fields
+from dp_gym.policies.config import PolicyConfig, validate_policy_fields
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -22,7 +22,7 @@ MLP_MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class MLPPolicyConfig(ConfigDict):
+class MLPPolicyConfig(PolicyConfig):
     """The fields :class:`~dp_gym.policies.bc.config.BCConfig` and
     :class:`~dp_gym.policies.ibc.config.IBCConfig` share, validated in ``__post_init__``.
 

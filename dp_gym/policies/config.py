@@ -1,6 +1,6 @@
-"""What every dp_gym policy shares: the JSON round trip of its config, and min-max normalisers
-for each observation key and for the action (module names ``obs_normalizers`` / ``action_normalizer``,
-which are part of the checkpoint format)."""
+"""The base of every policy config: :class:`PolicyConfig` (a dataclass mixin with the JSON round
+trip, strict decoding and the observation-key views) and :func:`validate_policy_fields`, which a
+config's ``__post_init__`` calls to check the fields every policy has."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ import typing
 from dataclasses import asdict, fields
 from typing import Any, TypeVar, Union
 
-import torch
-from torch import nn
-
-from dp_gym.data.normalizer import MinMaxNormalizer
-
-C = TypeVar("C", bound="ConfigDict")
+C = TypeVar("C", bound="PolicyConfig")
 
 # Upper bound on every size a config names (dimensions, widths, horizons, step counts): a checkpoint
 # or override asking for more is refused before anything is allocated.
@@ -53,8 +48,18 @@ def _conforms(value: Any, tp: Any) -> bool:
     return isinstance(value, tp) if isinstance(tp, type) else True
 
 
-class ConfigDict:
-    """Mixin for policy config dataclasses: ``to_dict`` / ``from_dict`` with unknown keys rejected."""
+class PolicyConfig:
+    """Mixin for policy config dataclasses (``@dataclass class MyConfig(PolicyConfig)``): the
+    fields ``obs_shapes``, ``action_dim``, ``horizon``, ``n_obs_steps`` and ``n_action_steps`` every
+    policy has, ``to_dict`` / ``from_dict`` (the JSON a checkpoint stores) with unknown keys
+    rejected, and the low-dim / image split of the observation keys. A config validates itself in
+    ``__post_init__`` (call :func:`validate_policy_fields` there)."""
+
+    obs_shapes: dict[str, list[int]]
+    action_dim: int
+    horizon: int
+    n_obs_steps: int
+    n_action_steps: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # type: ignore[call-overload]
@@ -127,38 +132,3 @@ def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_image
             f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "
             f"({cfg.n_obs_steps - 1} + {cfg.n_action_steps}): executed actions start at index To-1"
         )
-
-
-# The paper's AdamW weight decay for its MLP / UNet policies and its image encoder.
-DEFAULT_WEIGHT_DECAY = 1e-6
-
-
-class NormalizedPolicy(nn.Module):
-    """Base module holding one normaliser per observation key and one for the action."""
-
-    def __init__(self, obs_shapes: dict[str, list[int]], action_dim: int) -> None:
-        super().__init__()
-        # Images are scaled to [-1, 1] by their encoder; only low-dim keys get min-max normalisers.
-        self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in obs_shapes.items() if len(s) == 1})
-        self.action_normalizer = MinMaxNormalizer(action_dim)
-
-    @property
-    def normalized_keys(self) -> list[str]:
-        """Keys whose data :meth:`fit_normalizers` needs (low-dim observations and ``action``)."""
-        return [*self.obs_normalizers, "action"]
-
-    def fit_normalizers(self, data: dict[str, torch.Tensor]) -> None:
-        """Fit the min-max normalisers on the full training arrays (frames on axis 0)."""
-        for key in self.obs_normalizers:
-            self.obs_normalizers[key].load_state_dict(MinMaxNormalizer.fit(data[key]).state_dict())
-        self.action_normalizer.load_state_dict(MinMaxNormalizer.fit(data["action"]).state_dict())
-
-    def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:
-        """AdamW parameter groups; ``weight_decay=None`` takes the policy's default
-        (``DEFAULT_WEIGHT_DECAY``). Subclasses split groups where the paper does."""
-        wd = DEFAULT_WEIGHT_DECAY if weight_decay is None else float(weight_decay)
-        return [{"params": list(self.parameters()), "weight_decay": wd}]
-
-    def normalized_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, To, D_k) per low-dim key → (B, To, sum D_k), normalised, keys in config order."""
-        return torch.cat([self.obs_normalizers[k].normalize(obs[k].float()) for k in self.obs_normalizers], dim=-1)
