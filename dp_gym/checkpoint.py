@@ -24,12 +24,14 @@ os.umask(_UMASK)
 META_KEY = "dp_gym"
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write: Callable[[str], None], keep_suffix: bool = False) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it
-    over ``path``: readers see the old file or the new one, never a torn one."""
+    over ``path``: readers see the old file or the new one, never a torn one. ``keep_suffix``
+    ends the temporary name with ``path``'s suffix too (``.x.mp4.<random>.tmp.mp4``), for writers
+    that pick the format from the file name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + (path.suffix if keep_suffix else ""))
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
@@ -44,11 +46,11 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def remove_stale_temp_files(root: Path) -> list[Path]:
-    """Delete the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write` calls
-    interrupted by a kill left under ``root``; call it only while no writer is active there.
+    """Delete the temporary files (``.<name>.<random>.tmp[<suffix>]``) that :func:`atomic_write`
+    calls interrupted by a kill left under ``root``; call it only while no writer is active there.
     Returns the removed paths."""
     removed = []
-    for tmp in Path(root).rglob(".*.tmp"):
+    for tmp in sorted({*Path(root).rglob(".*.tmp"), *Path(root).rglob(".*.tmp.*")}):
         if tmp.is_file():
             tmp.unlink()
             removed.append(tmp)

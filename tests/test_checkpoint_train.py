@@ -309,7 +309,8 @@ def test_second_trainer_on_the_same_out_dir_is_refused(tmp_path, toy_task):
 def test_stale_temporary_files_are_removed_at_start(tmp_path, toy_task):
     out = tmp_path / "run"
     train(_cfg(out, steps=10))
-    stale = [out / ".trainer_state.safetensors.k1ll3d.tmp", out / "checkpoints" / "latest" / ".model.safetensors.abc.tmp"]
+    stale = [out / ".trainer_state.safetensors.k1ll3d.tmp", out / "checkpoints" / "latest" / ".model.safetensors.abc.tmp",
+             out / ".eval.mp4.x9.tmp.mp4"]  # a keep_suffix temporary (videos)
     for f in stale:
         f.write_bytes(b"\0" * 1000)
     keep = out / "notes.tmp"  # not an atomic-write temporary

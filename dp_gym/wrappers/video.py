@@ -5,12 +5,14 @@ benchmark's videos go through it too)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
+
+from dp_gym.checkpoint import atomic_write
 
 __all__ = ["RecordEpisodeVideo", "write_video"]
 
@@ -25,7 +27,7 @@ class RecordEpisodeVideo(gym.Wrapper, gym.utils.RecordConstructorArgs):
     :meth:`reset` and after every :meth:`step`. The file is written when the episode terminates or
     is truncated, when :meth:`reset` is called in the middle of a recorded episode, or on
     :meth:`close`. Writing is atomic: the video goes to a temporary file in ``video_folder`` that
-    is then renamed with :func:`os.replace`, so a reader never sees a half-written file. Written
+    is then renamed (:func:`dp_gym.checkpoint.atomic_write`), so a reader never sees a half-written file. Written
     paths are appended to :attr:`video_paths`.
 
     Episodes are numbered from 0 by :meth:`reset`; ``episode_trigger(episode_index)`` decides
@@ -169,8 +171,8 @@ def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps:
 
     ``format``: ``"mp4"`` (H.264 via imageio-ffmpeg; odd sizes are padded to even ones by edge
     replication, as yuv420p needs) or ``"gif"``; ``None`` takes it from the file suffix. The video
-    goes to a temporary file in the same folder that is then renamed with :func:`os.replace`, so a
-    reader never sees a half-written file."""
+    goes through :func:`dp_gym.checkpoint.atomic_write` (a temporary file in the same folder, then
+    renamed), so a reader never sees a half-written file."""
     import imageio.v2 as iio2
     import imageio.v3 as iio3
 
@@ -182,10 +184,7 @@ def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps:
         raise ValueError(f"fps must be a positive number, got {fps!r}")
     if len(frames) == 0:
         raise ValueError(f"no frames to write to {path}")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", suffix=f".{format}", dir=folder)
-    os.close(fd)
-    try:
+    def encode(tmp: str) -> None:
         if format == "mp4":
             h, w = np.asarray(frames[0]).shape[:2]
             pad = ((0, h % 2), (0, w % 2), (0, 0))
@@ -201,9 +200,5 @@ def write_video(path: str | os.PathLike[str], frames: Sequence[np.ndarray], fps:
                 writer.close()
         else:
             iio3.imwrite(tmp, np.stack(frames), extension=".gif", plugin="pillow", duration=1000.0 / fps, loop=0)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+
+    atomic_write(Path(path), encode, keep_suffix=True)
