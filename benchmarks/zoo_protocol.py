@@ -112,6 +112,8 @@ RECIPES: dict[str, dict] = {
               f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
               f"--data-dir {ROBOSUITE_DATA}",
         seeds=[0], benchmark_args=[], data=LIFT_HDF5, collect=LIFT_COLLECT,
+        # float16 weights scored 0.39 on the held-out seeds against the float32 checkpoint's 0.49 [0.39, 0.59]
+        weights_dtype="float32",
         summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
     "square_state_abs/diffusion": dict(
         train=f"--task square_state_abs --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
@@ -218,7 +220,8 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
         "results": [],
         "versions": {"dp_gym": dp_gym.__version__, "torch": torch.__version__},
     }
-    entry = export(run_dir(name, shipped) / "checkpoints/latest", task, policy, sample_overrides=sample, card=card, data_dir=data_dir)
+    entry = export(run_dir(name, shipped) / "checkpoints/latest", task, policy, sample_overrides=sample, card=card, data_dir=data_dir,
+                   weights_dtype=recipe.get("weights_dtype", "float16"))
     print(f"shipped {name} (training seed {shipped}) to {entry.path}")
     return entry
 

@@ -101,6 +101,9 @@ def resolve(spec: str | os.PathLike) -> Path:
 
 
 # --- export ------------------------------------------------------------------------------------
+WEIGHT_DTYPES = ("float16", "float32")
+
+
 def half_precision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """float32 weights as float16, except the normalisers' statistics (their min / max set the
     action scale, and they are tiny)."""
@@ -161,8 +164,9 @@ def check_golden(entry: ZooEntry) -> float:
 
 def export(checkpoint: str | Path, task: str, policy_name: str, out_root: str | Path | None = None,
            sample_overrides: dict[str, Any] | None = None, card: dict[str, Any] | None = None,
-           data_dir: str | None = None) -> ZooEntry:
-    """Write a zoo entry from a training checkpoint: float16 weights, ``config.json`` (with
+           data_dir: str | None = None, weights_dtype: str = "float16") -> ZooEntry:
+    """Write a zoo entry from a training checkpoint: weights in ``weights_dtype`` (float16 unless
+    that moves the entry's held-out score out of the float32 checkpoint's interval), ``config.json`` (with
     ``sample_overrides`` such as ``{"sampler": "ddim", "num_inference_steps": 10}`` applied to the
     policy config), golden actions, and ``card.json`` / ``README.md`` from ``card``."""
     import dataclasses
@@ -174,8 +178,11 @@ def export(checkpoint: str | Path, task: str, policy_name: str, out_root: str | 
         policy.config = dataclasses.replace(policy.config, **sample_overrides)
     dest = Path(out_root if out_root is not None else zoo_root()) / task / policy_name
     extra = {k: meta[k] for k in ("task", "train_step", "train_config") if k in meta}
-    save_policy(policy, dest, extra, state_dict=half_precision_state(policy.state_dict()))
-    shipped, _ = load_policy(dest)  # golden actions of what users load: the float16 weights
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, got {weights_dtype!r}")
+    state = policy.state_dict()
+    save_policy(policy, dest, extra, state_dict=half_precision_state(state) if weights_dtype == "float16" else state)
+    shipped, _ = load_policy(dest)  # golden actions of what users load: the stored weights
     obs = golden_observations(task, shipped, data_dir)
     noise = golden_noise(shipped, len(next(iter(obs.values()))))
     golden = {**{f"obs.{k}": v for k, v in obs.items()}, "action": golden_actions(shipped, obs, noise)}
@@ -183,7 +190,7 @@ def export(checkpoint: str | Path, task: str, policy_name: str, out_root: str | 
         golden["noise"] = noise
     atomic_save_tensors(dest / GOLDEN_FILE, golden, {"tolerance": GOLDEN_TOLERANCE})
     entry = ZooEntry(task, policy_name, dest)
-    write_card(entry, {"task": task, "policy": policy_name, **(card or {})})
+    write_card(entry, {"task": task, "policy": policy_name, **(card or {}), "weights_dtype": weights_dtype})
     return entry
 
 
@@ -225,7 +232,7 @@ def render_card(card: dict[str, Any]) -> str:
                   f"{t.get('machine', 'a 2-core CPU')}; wall time {wall_txt}. The shipped checkpoint is training seed "
                   f"{t.get('shipped_seed')}: {t.get('shipped_because', 'the median of the training seeds')}.", ""]
     if card.get("results"):
-        lines += ["## Results (the shipped float16 weights)", "", "| split | seeds | episodes | score | success (95% Wilson) |",
+        lines += [f"## Results (the shipped {card.get('weights_dtype', 'float16')} weights)", "", "| split | seeds | episodes | score | success (95% Wilson) |",
                   "|---|---|---|---|---|"]
         for r in card["results"]:
             lines.append(f"| {r.get('split', '')} | {r['seeds']} | {r['episodes']} | {_score_cells(r)} |")
@@ -264,7 +271,8 @@ def _cmd_verify(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     card = json.loads(Path(args.card).read_text()) if args.card else {}
-    entry = export(args.checkpoint, args.task, args.policy, args.zoo_dir, json.loads(args.sample_overrides), card, args.data_dir)
+    entry = export(args.checkpoint, args.task, args.policy, args.zoo_dir, json.loads(args.sample_overrides), card, args.data_dir,
+                   args.weights_dtype)
     print(f"wrote {entry.path}")
 
 
@@ -281,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     ex.add_argument("--sample-overrides", default="{}", help='JSON policy-config overrides, e.g. \'{"sampler": "ddim", "num_inference_steps": 10}\'')
     ex.add_argument("--card", default=None, help="JSON file with the card's fields")
     ex.add_argument("--data-dir", default=None, help="data folder (default: $DP_GYM_DATA_DIR) for the golden observations")
+    ex.add_argument("--weights-dtype", default="float16", choices=WEIGHT_DTYPES,
+                    help="stored weights (default: float16; float32 where half precision moves the score)")
     ex.set_defaults(fn=_cmd_export)
     args = p.parse_args(argv)
     try:

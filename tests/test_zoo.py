@@ -32,12 +32,13 @@ def test_shipped_entry_gives_its_golden_actions(entry):
 
 
 @pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
-def test_shipped_entry_loads_by_name_in_float32_with_half_precision_weights(entry):
+def test_shipped_entry_loads_by_name_in_float32_with_the_weights_its_card_declares(entry):
     agent = DiffusionAgent.from_pretrained(f"zoo:{entry.name}")
     assert all(p.dtype == torch.float32 for p in agent.policy.parameters())
     stored, meta = load_tensors(entry.path / "model.safetensors")
     weights = [v for k, v in stored.items() if "normalizer" not in k and v.is_floating_point()]
-    assert weights and all(v.dtype == torch.float16 for v in weights)
+    dtype = getattr(torch, entry.card.get("weights_dtype", "float16"))
+    assert weights and all(v.dtype == dtype for v in weights)
     assert meta["versions"]["torch"] and meta["versions"]["dp_gym"]
     assert meta["task"] == entry.task and entry.task in TASKS
 
@@ -95,6 +96,20 @@ def test_export_stores_half_precision_and_loads_close_to_float32(tmp_path, tmp_z
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=2e-3 * max(1.0, float(b.abs().max())), rtol=1e-3, msg=k)
     assert check_golden(entry) < 1e-5  # eager gives the stored actions exactly; the ONNX path to float rounding
+
+
+def test_export_keeps_float32_weights_when_asked(tmp_path, tmp_zoo, data_dir):
+    entry = export(tmp_path / "bc", "pusht_keypoints", "bc32", weights_dtype="float32", data_dir=str(data_dir))
+    tensors, _ = load_tensors(entry.path / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in tensors.values() if v.is_floating_point())
+    assert entry.card["weights_dtype"] == "float32"
+    full, _ = load_policy(tmp_path / "bc")
+    shipped, _ = load_policy(entry.path)
+    for a, b in zip(shipped.state_dict().values(), full.state_dict().values()):
+        assert torch.equal(a, b)  # nothing rounded
+    assert check_golden(entry) == 0.0
+    with pytest.raises(ValueError, match="weights_dtype"):
+        export(tmp_path / "bc", "pusht_keypoints", "bc8", weights_dtype="int8", data_dir=str(data_dir))
 
 
 def test_golden_check_catches_a_changed_policy(tmp_zoo):
