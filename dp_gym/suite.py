@@ -249,7 +249,9 @@ def seed_spread_table(record: dict[str, Any]) -> str:
             if spread:
                 per = ", ".join(f"{v:.2f}" for v in spread["per_seed"].values())
                 scores = [task_score(r) for r in spread.get("per_seed_results", {}).values()]
-                label = "coverage" if scores and scores[0][0] == "mean_max_reward" else (scores[0][0] if scores else "")
+                # mean max reward is Push-T's coverage; robosuite's reward is 1 at success, so there it is the success rate
+                label = (("coverage" if task.startswith("pusht") else "max reward") if scores and scores[0][0] == "mean_max_reward"
+                         else (scores[0][0] if scores else ""))
                 score = f"{sum(s for _, s in scores) / len(scores):.3f} ({label})" if scores else "–"
                 rows.append(f"| {task} | {policy} | {len(spread['per_seed'])} | {spread['mean']:.3f} | {per} | {score} | {spread['seeds']} |")
     if not rows:
