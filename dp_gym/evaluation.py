@@ -46,7 +46,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At p = 0 and p = 1 the bound is exactly 0 / 1; floating point lands a hair inside.
+    lo = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if successes == n else max(p, min(1.0, centre + half))
+    return (lo, hi)
 
 
 def p_k_metrics(counts: "np.ndarray | list[int]", k_max: int) -> dict[str, float]:

@@ -40,6 +40,9 @@ def test_parse_seeds_and_wilson():
     assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
     lo, hi = wilson_interval(50, 50)
     assert hi == 1.0 and 0.9 < lo < 0.95
+    for n in range(1, 301):  # the bounds hold the proportion exactly, 0 and 1 included (no float shortfall)
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+        assert all(lo <= k / n <= hi for k in range(n + 1) for lo, hi in [wilson_interval(k, n)])
 
 
 def test_rollout_metrics_are_seeded_and_consistent():
