@@ -53,12 +53,18 @@ X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
 IBC_SINGLE = '{"n_counter_examples": 128, "chunked": false}'
 X0 = '{"prediction_type": "sample"}'
 ROBOSUITE_DATA = "runs/data"
-LIFT_HDF5, SQUARE_HDF5 = "robosuite/lift.hdf5", "robosuite/square.hdf5"
+LIFT_HDF5, CAN_HDF5, SQUARE_HDF5 = "robosuite/lift.hdf5", "robosuite/can.hdf5", "robosuite/square.hdf5"
 LIFT_COLLECT = f"python -m dp_gym.collect --task lift --episodes 210 --seed-start 0 --out {ROBOSUITE_DATA}/{LIFT_HDF5}"
+# Can: the expert goes on 30 steps past success and drops + re-grasps the can in 30% of the episodes,
+# so the policy sees the release and recoveries it needs.
+CAN_COLLECT = (f"python -m dp_gym.collect --task can --episodes 210 --seed-start 0 --post-success-steps 30 --drop-prob 0.3 "
+               f"--out {ROBOSUITE_DATA}/{CAN_HDF5}")
 SQUARE_COLLECT = f"python -m dp_gym.collect --task square --episodes 230 --seed-start 0 --out {ROBOSUITE_DATA}/{SQUARE_HDF5}"
 
 # One fixed recipe per entry: the training flags (without --seed / --out-dir), the training seeds,
-# the benchmark arguments the entry is scored with, and the dataset it reads.
+# the benchmark arguments the entry is scored with, and the dataset it reads. ``finetune`` (steps)
+# adds a second stage: that many steps with a fresh learning-rate cycle and EMA from the first
+# stage's final checkpoint (``--init-from``), the same flags otherwise.
 RECIPES: dict[str, dict] = {
     "pusht_keypoints/diffusion": dict(
         train="--task pusht_keypoints --policy diffusion --model-size small --steps 16000 --batch-size 64 --lr 1e-4 "
@@ -115,6 +121,24 @@ RECIPES: dict[str, dict] = {
         # float16 weights scored 0.39 on the held-out seeds against the float32 checkpoint's 0.49 [0.39, 0.59]
         weights_dtype="float32",
         summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
+    "can_state/diffusion": dict(
+        train=f"--task can_state --policy diffusion --model-size small --policy-overrides '{X0}' --steps 24000 "
+              f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
+              f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        finetune=6000, seeds=[0, 1, 2], benchmark_args=DDIM10, data=CAN_HDF5, collect=CAN_COLLECT,
+        summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Can from low-dim state, OSC "
+                "delta actions, trained 24000 steps then 6000 more with a fresh learning-rate cycle; DDIM-10 sampling."),
+    "can_state/bc": dict(
+        train=f"--task can_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
+              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        seeds=[0, 1, 2], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT,
+        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."),
+    "can_state/ibc": dict(
+        train=f"--task can_state --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
+              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
+              f"--data-dir {ROBOSUITE_DATA}",
+        seeds=[0], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT,
+        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
     "square_state_abs/diffusion": dict(
         train=f"--task square_state_abs --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
               f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
@@ -127,6 +151,12 @@ RECIPES: dict[str, dict] = {
               f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
         seeds=[0, 1, 2], benchmark_args=[], data=SQUARE_HDF5, collect=SQUARE_COLLECT,
         summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 absolute pose actions."),
+    "square_state_abs/ibc": dict(
+        train=f"--task square_state_abs --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
+              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
+              f"--data-dir {ROBOSUITE_DATA}",
+        seeds=[0], benchmark_args=[], data=SQUARE_HDF5, collect=SQUARE_COLLECT,
+        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step absolute pose actions."),
 }
 
 
@@ -134,8 +164,28 @@ def run_dir(name: str, seed: int) -> Path:
     return Path("runs/zoo") / name / f"seed{seed}"
 
 
+def stage_commands(name: str, seed: int) -> list[str]:
+    """The training commands of one seed, in order; the last one writes ``run_dir``."""
+    recipe, out = RECIPES[name], run_dir(name, seed)
+    if "finetune" not in recipe:
+        return [f"python -m dp_gym.train {recipe['train']} --seed {seed} --out-dir {out} --resume"]
+    first = out.with_name(out.name + "_stage1")
+    argv = shlex.split(recipe["train"])
+    argv[argv.index("--steps") + 1] = str(recipe["finetune"])
+    for flag in ("--policy-overrides", "--model-size"):  # the checkpoint's config fixes the policy
+        if flag in argv:
+            del argv[argv.index(flag):argv.index(flag) + 2]
+    return [f"python -m dp_gym.train {recipe['train']} --seed {seed} --out-dir {first} --resume",
+            f"python -m dp_gym.train {shlex.join(argv)} --init-from {first}/checkpoints/latest --seed {seed} --out-dir {out} --resume"]
+
+
 def train_command(name: str, seed: int) -> str:
-    return f"python -m dp_gym.train {RECIPES[name]['train']} --seed {seed} --out-dir {run_dir(name, seed)} --resume"
+    return " && ".join(stage_commands(name, seed))
+
+
+def total_steps(name: str) -> int:
+    argv = shlex.split(RECIPES[name]["train"])
+    return int(argv[argv.index("--steps") + 1]) + RECIPES[name].get("finetune", 0)
 
 
 def score_dir(name: str, seed: int, split: str) -> Path:
@@ -169,8 +219,13 @@ def data_digest(rel: str, data_dir: str | None) -> str:
 
 
 def wall_minutes(name: str, seed: int) -> float:
-    rows = [json.loads(line) for line in (run_dir(name, seed) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return round(max(r.get("wall_s", 0.0) for r in rows) / 60, 1)
+    """Training wall time of one seed, every stage together."""
+    out = run_dir(name, seed)
+    total = 0.0
+    for d in ([out.with_name(out.name + "_stage1")] if "finetune" in RECIPES[name] else []) + [out]:
+        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        total += max(r.get("wall_s", 0.0) for r in rows)
+    return round(total / 60, 1)
 
 
 def collect(name: str) -> None:
@@ -187,8 +242,9 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     if data_dir is None and "collect" in recipe:
         data_dir = ROBOSUITE_DATA
     task, policy = name.split("/")
-    steps = int(shlex.split(recipe["train"])[shlex.split(recipe["train"]).index("--steps") + 1])
-    done = [s for s in recipe["seeds"] if json.loads((run_dir(name, s) / "checkpoints/latest/config.json").read_text()).get("train_step") == steps]
+    steps = total_steps(name)
+    last_stage = recipe.get("finetune") or steps
+    done = [s for s in recipe["seeds"] if json.loads((run_dir(name, s) / "checkpoints/latest/config.json").read_text()).get("train_step") == last_stage]
     if done != recipe["seeds"]:
         raise SystemExit(f"{name}: training seeds {sorted(set(recipe['seeds']) - set(done))} have not finished {steps} steps")
     # A single training seed needs no choice, so it is not scored on the selection seeds.
@@ -275,7 +331,8 @@ def main() -> None:
     r.add_argument("split", choices=SPLITS)
     a = p.parse_args()
     if a.cmd == "train":
-        subprocess.run(shlex.split(train_command(a.entry, a.seed)), check=True)
+        for cmd in stage_commands(a.entry, a.seed):
+            subprocess.run(shlex.split(cmd), check=True)
     elif a.cmd == "collect":
         collect(a.entry)
     elif a.cmd == "ship":

@@ -51,10 +51,17 @@ def test_shipped_card_is_complete_and_its_commands_parse(entry):
     card = entry.card
     assert REQUIRED_CARD_KEYS <= set(card), REQUIRED_CARD_KEYS - set(card)
     assert (card["task"], card["policy"]) == (entry.task, entry.policy)
-    argv = shlex.split(card["training"]["command"])
-    assert argv[:3] == ["python", "-m", "dp_gym.train"]
-    cfg = parse_train(argv[3:])
-    assert cfg.task == entry.task and cfg.seed == card["training"]["shipped_seed"] and cfg.steps == card["training"]["steps"]
+    # one command, or a chain of stages joined by "&&" (each later stage starts from the one before)
+    stages = card["training"]["command"].split(" && ")
+    steps = 0
+    for i, command in enumerate(stages):
+        argv = shlex.split(command)
+        assert argv[:3] == ["python", "-m", "dp_gym.train"]
+        cfg = parse_train(argv[3:])
+        assert cfg.task == entry.task and cfg.seed == card["training"]["shipped_seed"]
+        assert (cfg.init_from is not None) == (i > 0)
+        steps += cfg.steps
+    assert steps == card["training"]["steps"]
     assert card["training"]["shipped_seed"] in card["training"]["seeds"]
     bench = parse_benchmark(["--task", entry.task, "--policy", f"x=zoo:{entry.name}", *card["benchmark_args"]])
     assert bench.task == entry.task
@@ -191,9 +198,17 @@ def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
     for name, recipe in zp.RECIPES.items():
         task, policy = name.split("/")
         for seed in recipe["seeds"]:
-            argv = shlex.split(zp.train_command(name, seed))
-            cfg = parse_train(argv[3:])
-            assert (cfg.task, cfg.policy, cfg.seed, cfg.resume) == (task, policy, seed, True)
+            stages = zp.stage_commands(name, seed)
+            assert zp.train_command(name, seed) == " && ".join(stages)
+            total = 0
+            for i, command in enumerate(stages):
+                cfg = parse_train(shlex.split(command)[3:])
+                assert (cfg.task, cfg.policy, cfg.seed, cfg.resume) == (task, policy, seed, True)
+                total += cfg.steps
+                if i:  # a later stage starts from the final checkpoint of the one before
+                    before = parse_train(shlex.split(stages[i - 1])[3:])
+                    assert Path(cfg.init_from) == Path(before.out_dir) / "checkpoints" / "latest"
+            assert Path(cfg.out_dir) == zp.run_dir(name, seed) and total == zp.total_steps(name)
         parse_benchmark(["--task", task, "--policy", "x=y", *recipe["benchmark_args"]])
         if "collect" in recipe:  # scripted demos: the command writes the file the training reads
             argv = shlex.split(recipe["collect"])
