@@ -155,13 +155,32 @@ def test_onnx_mode_rejects_autocast():
         SamplingAccelerator(make_policy(), "onnx", autocast="bf16")
 
 
-def test_export_form_computes_the_same_function():
-    p = make_policy(kernel_size=5)
-    form = accel._export_form(p.denoiser)
-    x, cond = torch.randn(3, 8, 2), torch.randn(3, 2, 5)
+@pytest.mark.parametrize("kernel_size,down_dims,horizon", [(5, [16, 32], 8), (3, [8, 16, 32], 16), (5, [16], 6)])
+def test_export_form_computes_the_same_function(kernel_size, down_dims, horizon):
+    """The time-major UNet (convolutions as gather + GEMM, strided and transposed ones included)
+    is the same function as the module's own trunk."""
+    p = make_policy(kernel_size=kernel_size, down_dims=down_dims, horizon=horizon)
+    form = accel._export_form(p.denoiser, (horizon, 2))
+    x, cond = torch.randn(3, horizon, 2), torch.randn(3, 2, 5)
     with torch.no_grad():
         c = p.denoiser.condition(torch.tensor([0, 50, 99]), cond)
         torch.testing.assert_close(form.denoise(x, c), p.denoiser.denoise(x, c), atol=1e-5, rtol=1e-5)
-        big = torch.tensor([-30.0, -1.0, 0.0, 1.0, 25.0, 90.0])
-        torch.testing.assert_close(accel._MishExp()(big), torch.nn.functional.mish(big))
-    assert not any(isinstance(m, torch.nn.Conv1d) for m in form.modules())
+    assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.GroupNorm)) for m in form.modules())
+
+
+def test_time_major_conv_matches_torch_convolutions():
+    torch.manual_seed(0)
+    for conv in (torch.nn.Conv1d(3, 4, 5, padding=2), torch.nn.Conv1d(3, 4, 3, stride=2, padding=1), torch.nn.Conv1d(3, 4, 1),
+                 torch.nn.ConvTranspose1d(3, 4, 4, stride=2, padding=1), torch.nn.Conv1d(3, 4, 3, padding=0)):
+        x = torch.randn(2, 3, 8)
+        with torch.no_grad():
+            ref = conv(x)
+            out = accel._TimeMajorConv(conv, 8)(x.transpose(1, 2)).transpose(1, 2)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="time-major"):
+        accel._TimeMajorConv(torch.nn.Conv1d(4, 4, 3, groups=2), 8)
+
+
+def test_mish_closed_form_matches_torch():
+    big = torch.tensor([-30.0, -1.0, 0.0, 1.0, 25.0, 90.0])
+    torch.testing.assert_close(accel._MishExp()(big), torch.nn.functional.mish(big))

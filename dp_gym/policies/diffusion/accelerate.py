@@ -44,8 +44,9 @@ MODES = ("eager", "compile", "cuda_graph", "onnx")
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACCELERATE_ENV = "DP_GYM_ACCELERATE"
 CACHE_ENV = "DP_GYM_CACHE_DIR"
-ONNX_EXPORT_VERSION = 1  # bump when the exported graph's inputs/outputs change
+ONNX_EXPORT_VERSION = 2  # bump when the exported graph's inputs/outputs change
 ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used removed first)
+ONNX_SESSIONS_KEEP = 6  # runtime sessions kept in memory, one per (model, batch size, threads)
 
 
 def default_mode(device: torch.device | str) -> str:
@@ -123,27 +124,6 @@ def per_step_loop(denoiser: nn.Module, scheduler: nn.Module, sampler: str, num_i
     return x
 
 
-class _Conv1dAsMatMul(nn.Module):
-    """A Conv1d as one matrix product over (batch x output position) rows: the k shifted input
-    windows are concatenated along channels. The runtime's convolution processes each batch
-    element separately with skinny (C x T) matrices; this gives it one larger GEMM instead."""
-
-    def __init__(self, conv: nn.Conv1d) -> None:
-        super().__init__()
-        out_ch, in_ch, k = conv.weight.shape
-        self.k, self.pad, self.stride = k, conv.padding[0], conv.stride[0]
-        # row j*in_ch + c of the (k*in_ch, out_ch) matrix is tap j of input channel c
-        self.register_buffer("weight", conv.weight.detach().permute(2, 1, 0).reshape(k * in_ch, out_ch).contiguous())
-        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else torch.zeros(out_ch))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) → (B, O, T_out)
-        k, p, s = self.k, self.pad, self.stride
-        t_out = (x.shape[-1] + 2 * p - k) // s + 1
-        xp = (F.pad(x, (p, p)) if p else x).transpose(1, 2)
-        cols = torch.cat([xp[:, j : j + s * (t_out - 1) + 1 : s] for j in range(k)], dim=2) if (k, s) != (1, 1) else xp
-        return (torch.matmul(cols, self.weight) + self.bias).transpose(1, 2)
-
-
 class _MishExp(nn.Module):
     """Mish as x * n / (n + 2) with n = e^x (e^x + 2), i.e. tanh(softplus(x)) in closed form: the
     runtime's Softplus and Tanh kernels are several times slower than one Exp. x is capped at 20
@@ -155,16 +135,142 @@ class _MishExp(nn.Module):
         return x * n / (n + 2)
 
 
-def _export_form(denoiser: nn.Module) -> nn.Module:
-    """A copy of ``denoiser`` with every plain Conv1d as :class:`_Conv1dAsMatMul` and every Mish
-    as :class:`_MishExp`: the same function, in ops the runtime runs faster."""
+def _shift_taps(conv: nn.Conv1d | nn.ConvTranspose1d, t_in: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """Output length and the (output position, input position, tap) triples of a 1-D (transposed)
+    convolution with zero padding over an input of length ``t_in``."""
+    k, s, p = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    if isinstance(conv, nn.ConvTranspose1d):
+        t_out = (t_in - 1) * s - 2 * p + k + conv.output_padding[0]
+        return t_out, [(t, i, j) for j in range(k) for i in range(t_in) for t in [i * s + j - p] if 0 <= t < t_out]
+    t_out = (t_in + 2 * p - k) // s + 1
+    return t_out, [(t, i, j) for j in range(k) for t in range(t_out) for i in [t * s + j - p] if 0 <= i < t_in]
+
+
+class _TimeMajorConv(nn.Module):
+    """A Conv1d or ConvTranspose1d on a fixed input length, on (B, T, C) activations, as two
+    matrix products: a constant 0/1 matrix gathers each output position's k input positions
+    (padding and stride included), then one GEMM with K = k * C_in applies the weights. The
+    runtime's own convolution handles each batch element with skinny matrices and needs
+    transposes around it; this needs neither."""
+
+    def __init__(self, conv: nn.Conv1d | nn.ConvTranspose1d, t_in: int) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.dilation != (1,) or conv.padding_mode != "zeros" or not isinstance(conv.padding, tuple):
+            raise ValueError(f"only plain zero-padded convolutions have a time-major form, got {conv}")
+        w = conv.weight.detach()
+        k = conv.kernel_size[0]
+        # weight rows ordered (tap j, input channel i), columns output channels
+        if isinstance(conv, nn.ConvTranspose1d):
+            self.c_in, self.c_out = w.shape[0], w.shape[1]
+            weight = w.permute(2, 0, 1).reshape(k * self.c_in, self.c_out)
+        else:
+            self.c_out, self.c_in = w.shape[0], w.shape[1]
+            weight = w.permute(2, 1, 0).reshape(k * self.c_in, self.c_out)
+        self.t_out, taps = _shift_taps(conv, t_in)
+        self.k = k
+        self.pointwise = k == 1 and conv.stride[0] == 1 and conv.padding[0] == 0
+        gather = torch.zeros(self.t_out * k, t_in)
+        for t, i, j in taps:
+            gather[t * k + j, i] = 1.0
+        self.register_buffer("gather", gather)
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", conv.bias.detach().clone() if conv.bias is not None else torch.zeros(self.c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T_in, C_in) → (B, T_out, C_out)
+        if not self.pointwise:
+            x = torch.matmul(self.gather, x).reshape(-1, self.t_out, self.k * self.c_in)
+        return torch.matmul(x, self.weight) + self.bias
+
+
+class _TimeMajorGroupNorm(nn.Module):
+    """GroupNorm over (B, T, C) activations of a fixed length: statistics per (sample, group)
+    over time and the group's channels, as the runtime's fused LayerNormalization over a
+    (B, G, T, C/G) view (5-7% faster per trunk pass than the same statistics as separate
+    reduce and elementwise nodes)."""
+
+    def __init__(self, norm: nn.GroupNorm, t: int) -> None:
+        super().__init__()
+        self.groups, self.channels, self.t, self.eps = norm.num_groups, norm.num_channels, t, norm.eps
+        self.register_buffer("weight", norm.weight.detach().clone())
+        self.register_buffer("bias", norm.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_group = self.channels // self.groups
+        h = x.reshape(-1, self.t, self.groups, per_group).transpose(1, 2)
+        h = F.layer_norm(h, (self.t, per_group), eps=self.eps).transpose(1, 2)
+        return h.reshape(-1, self.t, self.channels) * self.weight + self.bias
+
+
+class _TimeMajorConvBlock(nn.Module):
+    def __init__(self, block: nn.Sequential, t: int) -> None:
+        super().__init__()
+        conv, norm, _ = block
+        self.conv, self.norm, self.act = _TimeMajorConv(conv, t), _TimeMajorGroupNorm(norm, t), _MishExp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class _TimeMajorResBlock(nn.Module):
+    def __init__(self, block: nn.Module, t: int) -> None:
+        super().__init__()
+        self.block1, self.block2 = _TimeMajorConvBlock(block.block1, t), _TimeMajorConvBlock(block.block2, t)
+        self.residual = _TimeMajorConv(block.residual, t) if isinstance(block.residual, nn.Conv1d) else None
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        scale, bias = film.unsqueeze(1).chunk(2, dim=2)
+        h = self.block2(scale * self.block1(x) + bias)
+        return h + (self.residual(x) if self.residual is not None else x)
+
+
+class _TimeMajorUnet(nn.Module):
+    """:meth:`ConditionalUnet1D.denoise` for a fixed horizon with activations kept (B, T, C)
+    throughout (the network's input layout): the same function in about half the runtime nodes
+    of a plain export, and no transposes."""
+
+    def __init__(self, unet: nn.Module, horizon: int) -> None:
+        super().__init__()
+        t = horizon
+        self.film_sizes = list(unet.film_sizes)
+        self.down = nn.ModuleList()
+        for res1, res2, down in unet.down:
+            down = _TimeMajorConv(down, t) if isinstance(down, nn.Conv1d) else nn.Identity()  # the deepest level keeps t
+            self.down.append(nn.ModuleList([_TimeMajorResBlock(res1, t), _TimeMajorResBlock(res2, t), down]))
+            t = getattr(down, "t_out", t)
+        self.mid = nn.ModuleList([_TimeMajorResBlock(res, t) for res in unet.mid])
+        self.up = nn.ModuleList()
+        for res1, res2, up in unet.up:
+            self.up.append(nn.ModuleList([_TimeMajorResBlock(res1, t), _TimeMajorResBlock(res2, t), _TimeMajorConv(up, t)]))
+            t = self.up[-1][2].t_out
+        self.final = nn.Sequential(_TimeMajorConvBlock(unet.final[0], t), _TimeMajorConv(unet.final[1], t))
+
+    def denoise(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        films = iter(torch.split(film, self.film_sizes, dim=1))
+        skips = []
+        for res1, res2, down in self.down:
+            x = res2(res1(x, next(films)), next(films))
+            skips.append(x)
+            x = down(x)
+        for res in self.mid:
+            x = res(x, next(films))
+        for res1, res2, up in self.up:
+            x = torch.cat([x, skips.pop()], dim=-1)
+            x = up(res2(res1(x, next(films)), next(films)))
+        return self.final(x)
+
+
+def _export_form(denoiser: nn.Module, x_shape: tuple[int, ...]) -> nn.Module:
+    """The function ``denoiser.denoise`` computes on (B, *x_shape) samples, in ops the runtime
+    runs faster: the UNet as :class:`_TimeMajorUnet`; any other denoiser (the transformer) as a
+    copy with every Mish as :class:`_MishExp`."""
+    from dp_gym.policies.diffusion.unet import ConditionalUnet1D
+
+    if isinstance(denoiser, ConditionalUnet1D):
+        return _TimeMajorUnet(denoiser, horizon=x_shape[0]).eval()
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
-            if isinstance(child, nn.Conv1d) and child.groups == 1 and child.dilation == (1,) and child.padding_mode == "zeros" \
-                    and isinstance(child.padding, tuple):
-                setattr(module, name, _Conv1dAsMatMul(child))
-            elif isinstance(child, nn.Mish):
+            if isinstance(child, nn.Mish):
                 setattr(module, name, _MishExp())
             else:
                 swap(child)
@@ -192,13 +298,13 @@ class OnnxTrunk:
     written atomically to ``cache_dir()/onnx/<key>.onnx``; later constructions (this process or
     another) load it. The key hashes every parameter and buffer, the architecture, the per-sample
     input shapes and the torch / onnxruntime versions, so changed weights export anew; the sampler
-    settings are not part of it, the scheduler runs outside the graph. Batch 1 (one env, the
-    latency case) gets its own session with the batch fixed, so the runtime folds every shape
-    computation (~15% faster there); every other batch size shares one dynamic-batch session, so
-    memory stays at two sessions per model whatever batch sizes an agent's replans produce."""
+    settings are not part of it, the scheduler runs outside the graph. Each batch size gets its
+    own session with the batch dimension fixed, so the runtime folds every shape computation
+    (1.2-1.4x per pass over one dynamic-batch session); the few most recently used are kept
+    (an agent sees one or two batch sizes: its env count and the last partial batch)."""
 
     _models: "OrderedDict[str, bytes]" = OrderedDict()  # in-process: key → ONNX bytes
-    _sessions: "OrderedDict[tuple[str, int | None, int], Any]" = OrderedDict()  # (key, 1 or None, threads) → session
+    _sessions: "OrderedDict[tuple[str, int, int], Any]" = OrderedDict()  # (key, batch, threads) → session
 
     def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
         import onnxruntime as ort
@@ -227,7 +333,7 @@ class OnnxTrunk:
         if self.path.is_file():
             try:
                 model = self.path.read_bytes()
-                self._session(model, None, 1)  # validates the file
+                self._session(model, 1, 1)  # validates the file
                 os.utime(self.path)  # most recently used
                 return model
             except Exception as e:  # noqa: BLE001 - unreadable cache entry: export again
@@ -247,15 +353,14 @@ class OnnxTrunk:
         return model
 
     @staticmethod
-    def _session(model: bytes, batch: int | None, threads: int):
+    def _session(model: bytes, batch: int, threads: int):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if batch is not None:
-            so.add_free_dimension_override_by_name("batch", batch)
+        so.add_free_dimension_override_by_name("batch", batch)
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
     @staticmethod
@@ -271,7 +376,7 @@ class OnnxTrunk:
                 warnings.simplefilter("ignore")  # tracer / deprecation chatter
                 x = torch.zeros(2, *x_shape)
                 c = torch.zeros(2, *c_shape)
-                torch.onnx.export(_TrunkModule(_export_form(denoiser)), (x, c), f, dynamo=False, input_names=["x", "c"],
+                torch.onnx.export(_TrunkModule(_export_form(denoiser, x_shape)), (x, c), f, dynamo=False, input_names=["x", "c"],
                                   output_names=["out"], dynamic_axes={"x": {0: "batch"}, "c": {0: "batch"}, "out": {0: "batch"}},
                                   opset_version=18)
         finally:
@@ -280,11 +385,11 @@ class OnnxTrunk:
         return f.getvalue()
 
     def __call__(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        key = (self.key, 1 if x.shape[0] == 1 else None, torch.get_num_threads())
+        key = (self.key, x.shape[0], torch.get_num_threads())
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = self._session(self.model, key[1], key[2])
-            while len(self._sessions) > 4:
+            while len(self._sessions) > ONNX_SESSIONS_KEEP:
                 self._sessions.popitem(last=False)
         out = session.run(None, {"x": x.contiguous().numpy(), "c": c.contiguous().numpy()})[0]
         return torch.from_numpy(out)

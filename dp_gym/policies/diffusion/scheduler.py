@@ -1,7 +1,8 @@
 """DDPM / DDIM noise schedules for ε-prediction (the paper's) or x₀-prediction ("sample").
 
-Written here rather than taken from ``diffusers`` because the policy needs (a) every constant as a
-device tensor so the denoising loop runs without host syncs and can be graph-captured, (b) a
+Written here rather than taken from ``diffusers`` because the policy needs (a) a denoising loop
+with no host syncs that can be graph-captured (training constants are device tensors, a sampling
+step's coefficients plain Python floats), (b) a
 stateless sampler object that several envs / threads can share (diffusers' schedulers mutate
 ``self.timesteps`` in ``set_timesteps``), and (c) batched per-sample timesteps. The tests check
 these against the closed forms and against ``diffusers`` when it is installed.
@@ -55,6 +56,9 @@ class NoiseScheduler(nn.Module):
         self.register_buffer("betas", betas.float(), persistent=False)
         self.register_buffer("alphas", alphas.float(), persistent=False)
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        # The same values as Python floats for the sampling steps: a step's coefficients are then
+        # plain numbers, not 0-d tensor ops (about a dozen fewer kernel calls per step).
+        self._alphas_cumprod = alphas_cumprod.float().tolist()
 
     # --- training -------------------------------------------------------------------------
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -74,15 +78,15 @@ class NoiseScheduler(nn.Module):
         ratio = self.num_train_timesteps // num_inference_steps
         return [i * ratio for i in reversed(range(num_inference_steps))]
 
-    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor, ab_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, model_output: torch.Tensor, x_t: torch.Tensor, ab_t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂₀ clipped, ε̂ unclipped) from the network output. ε̂ is derived from the unclipped x̂₀
         when the network predicts x₀ (diffusers' default ``use_clipped_model_output=False``)."""
         if self.prediction_type == "epsilon":
             eps = model_output
-            x0 = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+            x0 = (x_t - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
         else:
             x0 = model_output
-            eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
+            eps = (x_t - math.sqrt(ab_t) * x0) / math.sqrt(1 - ab_t)
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_range, self.clip_range)
         return x0, eps
@@ -91,15 +95,15 @@ class NoiseScheduler(nn.Module):
         """One ancestral step x_t → x_{prev_t} (prev_t = t-1 by default; strided when fewer
         inference steps are used). ``noise`` is the Gaussian draw for this step (ignored at t=0)."""
         prev_t = t - 1 if prev_t is None else prev_t
-        ab_t = self.alphas_cumprod[t]
-        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
+        ab_t = self._alphas_cumprod[t]
+        ab_prev = self._alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
         beta_t = 1 - ab_t / ab_prev
         x0, _ = self._split(model_output, x_t, ab_t)
-        mean = (ab_prev.sqrt() * beta_t / (1 - ab_t)) * x0 + ((1 - beta_t).sqrt() * (1 - ab_prev) / (1 - ab_t)) * x_t
+        mean = (math.sqrt(ab_prev) * beta_t / (1 - ab_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - ab_prev) / (1 - ab_t)) * x_t
         if prev_t < 0 or noise is None:
             return mean
-        var = ((1 - ab_prev) / (1 - ab_t) * beta_t).clamp_min(1e-20)  # "fixed_small" posterior variance
-        return mean + var.sqrt() * noise
+        var = max((1 - ab_prev) / (1 - ab_t) * beta_t, 1e-20)  # "fixed_small" posterior variance
+        return mean + math.sqrt(var) * noise
 
     def ddim_step(self, model_output: torch.Tensor, t: int, x_t: torch.Tensor, prev_t: int) -> torch.Tensor:
         """Deterministic DDIM step (η = 0) x_t → x_{prev_t}.
@@ -107,7 +111,7 @@ class NoiseScheduler(nn.Module):
         As in the paper's setup (diffusers' default ``use_clipped_model_output=False``), the
         direction term uses the network's ε (with x₀-prediction: the ε implied by the unclipped
         x̂₀), not one re-derived from the clipped x̂₀."""
-        ab_t = self.alphas_cumprod[t]
-        ab_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else torch.ones_like(ab_t)
+        ab_t = self._alphas_cumprod[t]
+        ab_prev = self._alphas_cumprod[prev_t] if prev_t >= 0 else 1.0
         x0, eps = self._split(model_output, x_t, ab_t)
-        return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
+        return math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * eps

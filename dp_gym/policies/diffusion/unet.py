@@ -130,7 +130,10 @@ class ConditionalUnet1D(nn.Module):
         a sampler computes it for all its steps in one batched call rather than once per step."""
         B = cond.shape[0]
         film = torch.cat([self.step_encoder(timestep), cond.reshape(B, -1)], dim=-1)
-        return torch.cat([blk.film(film) for blk in self._res_blocks()], dim=-1)
+        # every block's film is Mish → Linear of the same vector: the Mish once for all blocks
+        act, _ = self.down[0][0].film
+        film = act(film)
+        return torch.cat([blk.film[1](film) for blk in self._res_blocks()], dim=-1)
 
     def denoise(self, sample: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """The convolutional trunk: (B, horizon, action_dim) and :meth:`condition`'s output →
