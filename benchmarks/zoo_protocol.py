@@ -122,12 +122,12 @@ RECIPES: dict[str, dict] = {
         weights_dtype="float32",
         summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
     "can_state/diffusion": dict(
-        train=f"--task can_state --policy diffusion --model-size small --policy-overrides '{X0}' --steps 24000 "
+        train=f"--task can_state --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
               f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
               f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        finetune=6000, seeds=[0, 1, 2], benchmark_args=DDIM10, data=CAN_HDF5, collect=CAN_COLLECT,
+        finetune=4000, seeds=[0, 1, 2], benchmark_args=DDIM10, data=CAN_HDF5, collect=CAN_COLLECT,
         summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Can from low-dim state, OSC "
-                "delta actions, trained 24000 steps then 6000 more with a fresh learning-rate cycle; DDIM-10 sampling."),
+                "delta actions, trained 12000 steps then 4000 more with a fresh learning-rate cycle; DDIM-10 sampling."),
     "can_state/bc": dict(
         train=f"--task can_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
               f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
