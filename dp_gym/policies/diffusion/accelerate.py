@@ -6,11 +6,14 @@ on (step, observation), so the loop computes it for all K steps in one batched c
 only the denoiser's trunk per step. Modes:
 
 * ``"onnx"`` (the CPU default of :class:`~dp_gym.agent.PolicyAgent`): the trunk runs in ONNX
-  Runtime, exported with its convolutions as one GEMM over (batch x positions) rows, where PyTorch
-  runs these small 1-D convolutions through its im2col fallback one sample at a time (1.5-1.9x
-  per chunk on the CPU of ``benchmarks/results/perf_cpu``); the scheduler steps stay in PyTorch.
-  The trunk is exported at first use (about a second for the small UNet) and cached on disk (see
-  :func:`cache_dir`), keyed by a hash of weights, architecture, input shape and library versions;
+  Runtime. The UNet is exported time-major (:class:`_TimeMajorUnet`: activations (B, T, C)
+  throughout, each convolution a constant 0/1 gather plus one GEMM, GroupNorm the runtime's fused
+  LayerNorm), where PyTorch runs these small 1-D convolutions through its im2col fallback one
+  sample at a time and a plain export spends most of its time in transposes, pads and slices
+  (``benchmarks/results/perf_cpu`` has the measured speed-ups); the scheduler steps stay in
+  PyTorch. The trunk is exported at first use (about a second for the small UNet) and cached on
+  disk (see :func:`cache_dir`), keyed by a hash of weights, architecture, input shape and library
+  versions;
 * ``"compile"`` (``torch.compile``) and ``"cuda_graph"`` (the loop captured as one CUDA graph and
   replayed: on a GPU the eager loop is bound by kernel-launch overhead);
 * ``"eager"``: plain PyTorch, the reference.
@@ -245,18 +248,9 @@ class _TimeMajorUnet(nn.Module):
         self.final = nn.Sequential(_TimeMajorConvBlock(unet.final[0], t), _TimeMajorConv(unet.final[1], t))
 
     def denoise(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
-        films = iter(torch.split(film, self.film_sizes, dim=1))
-        skips = []
-        for res1, res2, down in self.down:
-            x = res2(res1(x, next(films)), next(films))
-            skips.append(x)
-            x = down(x)
-        for res in self.mid:
-            x = res(x, next(films))
-        for res1, res2, up in self.up:
-            x = torch.cat([x, skips.pop()], dim=-1)
-            x = up(res2(res1(x, next(films)), next(films)))
-        return self.final(x)
+        from dp_gym.policies.diffusion.unet import unet_trunk
+
+        return unet_trunk(self, x, film, channel_dim=-1)
 
 
 def _export_form(denoiser: nn.Module, x_shape: tuple[int, ...]) -> nn.Module:

@@ -57,6 +57,25 @@ class ConditionalResidualBlock1D(nn.Module):
         return h + self.residual(x)
 
 
+def unet_trunk(net: nn.Module, x: torch.Tensor, film: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """The U-Net's pass over its levels: ``net`` has ``down`` / ``mid`` / ``up`` / ``final`` and
+    ``film_sizes`` as :class:`ConditionalUnet1D` builds them (or a module with the same layout over
+    other activation layouts, whose channels lie along ``channel_dim``)."""
+    films = iter(torch.split(film, net.film_sizes, dim=1))
+    skips = []
+    for res1, res2, down in net.down:
+        x = res2(res1(x, next(films)), next(films))
+        skips.append(x)
+        x = down(x)
+    for res in net.mid:
+        x = res(x, next(films))
+    for res1, res2, up in net.up:
+        x = torch.cat([x, skips.pop()], dim=channel_dim)
+        x = res2(res1(x, next(films)), next(films))
+        x = up(x)
+    return net.final(x)
+
+
 class ConditionalUnet1D(nn.Module):
     """ε-predictor over (B, horizon, action_dim) action sequences.
 
@@ -138,20 +157,8 @@ class ConditionalUnet1D(nn.Module):
     def denoise(self, sample: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """The convolutional trunk: (B, horizon, action_dim) and :meth:`condition`'s output →
         the network output, without input checks (it is also what gets exported)."""
-        films = iter(torch.split(film, self.film_sizes, dim=1))
         x = sample.transpose(1, 2)  # (B, A, T): convolve over time
-        skips = []
-        for res1, res2, down in self.down:
-            x = res2(res1(x, next(films)), next(films))
-            skips.append(x)
-            x = down(x)
-        for res in self.mid:
-            x = res(x, next(films))
-        for res1, res2, up in self.up:
-            x = torch.cat([x, skips.pop()], dim=1)
-            x = res2(res1(x, next(films)), next(films))
-            x = up(x)
-        return self.final(x).transpose(1, 2)
+        return unet_trunk(self, x, film, channel_dim=1).transpose(1, 2)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         if sample.ndim != 3 or sample.shape[-1] != self.action_dim:
