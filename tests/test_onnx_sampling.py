@@ -71,6 +71,7 @@ def test_onnx_matches_eager_for_the_same_noise(case, sampler, steps, batch):
     acc = SamplingAccelerator(p, "onnx", sampler=sampler, num_inference_steps=steps)
     out = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)
     assert acc.active_mode == "onnx" and acc.fallback_reason is None and acc.onnx_trunk is not None
+    assert sorted(acc.onnx_cameras) == sorted(p.config.image_keys)  # image encoders run in the runtime too
     assert rel_err(p, eager, ref) < 1e-5  # precomputing the conditioning changes only rounding
     assert rel_err(p, out, ref) < TOL
     assert not torch.equal(out, p.sample_actions(obs, noise=noise + 1, sampler=sampler, num_inference_steps=steps, accelerator=acc))
@@ -184,3 +185,33 @@ def test_time_major_conv_matches_torch_convolutions():
 def test_mish_closed_form_matches_torch():
     big = torch.tensor([-30.0, -1.0, 0.0, 1.0, 25.0, 90.0])
     torch.testing.assert_close(accel._MishExp()(big), torch.nn.functional.mish(big))
+
+
+def test_export_leaves_the_training_mode_of_wrapped_modules_as_it_was():
+    p = make_policy(**CASES["image"])
+    cam = p.image_encoder.cameras["cam"]
+    for training in (False, True):
+        p.train(training)
+        accel.OnnxModel.export(accel._CameraFeatures(cam), {"x": (3, 36, 36)})  # the wrapper itself starts in train mode
+        assert all(m.training == training for m in p.modules())
+
+
+def test_failed_image_encoder_export_falls_back_to_eager_with_reason(tmp_path, monkeypatch):
+    p = make_policy(**CASES["image"])
+    obs = make_obs(p, 2)
+    noise = torch.randn(2, *p.noise_shape())
+    monkeypatch.setenv("DP_GYM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(accel.OnnxModel, "_models", type(accel.OnnxModel._models)())
+    real_export = accel.OnnxModel.export
+
+    def broken_for_cameras(module, shapes):
+        if isinstance(module, accel._CameraFeatures):
+            raise RuntimeError("unsupported operator aten::bar")
+        return real_export(module, shapes)
+
+    monkeypatch.setattr(accel.OnnxModel, "export", staticmethod(broken_for_cameras))
+    acc = SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10)
+    with pytest.warns(RuntimeWarning, match="image encoder failed.*aten::bar"):
+        out = p.sample_actions(obs, noise=noise, accelerator=acc)
+    assert acc.active_mode == "eager"
+    assert torch.equal(out, p.sample_actions(obs, noise=noise))

@@ -18,7 +18,7 @@ converted on the device: random crop in training, centre crop in eval, scaled to
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -137,8 +137,12 @@ class CameraEncoder(nn.Module):
         x = crop_images(images, self.crop_shape, random=self.training)
         return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed float (N, C, h, w) → (N, feature_dim)."""
+        return self.project(self.keypoints(self.trunk(x)))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.keypoints(self.trunk(self.preprocess(images))))
+        return self.features(self.preprocess(images))
 
 
 class ImageObsEncoder(nn.Module):
@@ -155,5 +159,10 @@ class ImageObsEncoder(nn.Module):
         })
         self.feature_dim = feature_dim * len(image_shapes)
 
-    def forward(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([enc(images[k]) for k, enc in self.cameras.items()], dim=-1)
+    def forward(self, images: dict[str, torch.Tensor],
+                camera_features: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``camera_features(key, x)``, when given, replaces each camera's :meth:`CameraEncoder.features`
+        on its preprocessed images (an accelerated runtime computing the same function)."""
+        if camera_features is None:
+            return torch.cat([enc(images[k]) for k, enc in self.cameras.items()], dim=-1)
+        return torch.cat([camera_features(k, enc.preprocess(images[k])) for k, enc in self.cameras.items()], dim=-1)

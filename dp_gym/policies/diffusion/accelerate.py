@@ -285,45 +285,61 @@ class _TrunkModule(nn.Module):
         return self.denoiser.denoise(x, c)
 
 
-class OnnxTrunk:
-    """A denoiser's trunk (:meth:`denoise`) run by ONNX Runtime on CPU.
+class _CameraFeatures(nn.Module):
+    """A camera encoder after its preprocessing (float (N, C, h, w) crops → (N, feature_dim)), for export."""
+
+    def __init__(self, camera: nn.Module) -> None:
+        super().__init__()
+        self.camera = camera
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.camera.features(x)
+
+
+class OnnxModel:
+    """A module's forward run by ONNX Runtime on CPU, its inputs named by ``sample_shapes``
+    (name → per-sample shape, in argument order), every input and the output batched along dim 0.
 
     The model is exported once (TorchScript-based ``torch.onnx.export``, dynamic batch axis) and
     written atomically to ``cache_dir()/onnx/<key>.onnx``; later constructions (this process or
     another) load it. The key hashes every parameter and buffer, the architecture, the per-sample
-    input shapes and the torch / onnxruntime versions, so changed weights export anew; the sampler
-    settings are not part of it, the scheduler runs outside the graph. Each batch size gets its
-    own session with the batch dimension fixed, so the runtime folds every shape computation
-    (1.2-1.4x per pass over one dynamic-batch session); the few most recently used are kept
-    (an agent sees one or two batch sizes: its env count and the last partial batch)."""
+    input shapes and the torch / onnxruntime versions, so changed weights export anew. Each batch
+    size gets its own session with the batch dimension fixed, so the runtime folds every shape
+    computation (1.2-1.4x per pass over one dynamic-batch session); the few most recently used are
+    kept (an agent sees one or two batch sizes: its env count and the last partial batch).
+
+    >>> trunk = OnnxModel(_TrunkModule(form), {"x": (16, 2), "c": (3584,)})  # doctest: +SKIP
+    >>> out = trunk(x, c)  # doctest: +SKIP
+    """
 
     _models: "OrderedDict[str, bytes]" = OrderedDict()  # in-process: key → ONNX bytes
     _sessions: "OrderedDict[tuple[str, int, int], Any]" = OrderedDict()  # (key, batch, threads) → session
 
-    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
+    def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]]) -> None:
         import onnxruntime as ort
 
-        self.key = self.cache_key(denoiser, x_shape, c_shape, ort.__version__)
+        self.input_names = list(sample_shapes)
+        self.key = self.cache_key(module, sample_shapes, ort.__version__)
         self.path = cache_dir() / "onnx" / f"{self.key}.onnx"
         self.exported = False  # True when this construction exported (cache miss)
         if self.key not in self._models:
-            self._models[self.key] = self._load_or_export(denoiser, x_shape, c_shape)
-            while len(self._models) > 2:
+            self._models[self.key] = self._load_or_export(module, sample_shapes)
+            while len(self._models) > 4:
                 self._models.popitem(last=False)
         self.model = self._models[self.key]
 
     @staticmethod
-    def cache_key(denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...], ort_version: str) -> str:
+    def cache_key(module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], ort_version: str) -> str:
         h = hashlib.sha256()
-        h.update(repr((ONNX_EXPORT_VERSION, torch.__version__, ort_version, type(denoiser).__qualname__, repr(denoiser),
-                       tuple(x_shape), tuple(c_shape))).encode())
-        for name, t in [*denoiser.named_parameters(), *denoiser.named_buffers()]:
+        h.update(repr((ONNX_EXPORT_VERSION, torch.__version__, ort_version, type(module).__qualname__, repr(module),
+                       [(k, tuple(v)) for k, v in sample_shapes.items()])).encode())
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
             t = t.detach().cpu().contiguous()
             h.update(repr((name, tuple(t.shape), str(t.dtype))).encode())
             h.update(t.numpy().tobytes() if t.dtype == torch.bool else t.view(torch.uint8).numpy().data)
         return h.hexdigest()[:32]
 
-    def _load_or_export(self, denoiser: nn.Module, x_shape, c_shape) -> bytes:
+    def _load_or_export(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]]) -> bytes:
         if self.path.is_file():
             try:
                 model = self.path.read_bytes()
@@ -332,7 +348,7 @@ class OnnxTrunk:
                 return model
             except Exception as e:  # noqa: BLE001 - unreadable cache entry: export again
                 warnings.warn(f"ignoring unreadable cached model {self.path}: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=4)
-        model = self.export(denoiser, x_shape, c_shape)
+        model = self.export(module, sample_shapes)
         self.exported = True
         try:
             from dp_gym.checkpoint import atomic_write_bytes
@@ -358,35 +374,44 @@ class OnnxTrunk:
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
     @staticmethod
-    def export(denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> bytes:
-        """ONNX bytes of ``denoiser.denoise`` (eval mode, float32) with a dynamic batch axis."""
-        was_training = denoiser.training
+    def export(module: nn.Module, sample_shapes: dict[str, tuple[int, ...]]) -> bytes:
+        """ONNX bytes of ``module``'s forward (eval mode, float32) with a dynamic batch axis."""
+        modes = [(m, m.training) for m in module.modules()]  # restored one by one: it may wrap a live policy's modules
         mha_fastpath = torch.backends.mha.get_fastpath_enabled()
         f = io.BytesIO()
+        names = list(sample_shapes)
         try:
-            denoiser.eval()
+            module.eval()
             torch.backends.mha.set_fastpath_enabled(False)  # its fused attention op has no ONNX export
             with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer / deprecation chatter
-                x = torch.zeros(2, *x_shape)
-                c = torch.zeros(2, *c_shape)
-                torch.onnx.export(_TrunkModule(_export_form(denoiser, x_shape)), (x, c), f, dynamo=False, input_names=["x", "c"],
-                                  output_names=["out"], dynamic_axes={"x": {0: "batch"}, "c": {0: "batch"}, "out": {0: "batch"}},
-                                  opset_version=18)
+                args = tuple(torch.zeros(2, *sample_shapes[k]) for k in names)
+                torch.onnx.export(module, args, f, dynamo=False, input_names=names, output_names=["out"],
+                                  dynamic_axes={k: {0: "batch"} for k in [*names, "out"]}, opset_version=18)
         finally:
-            denoiser.train(was_training)
+            for m, training in modes:
+                m.training = training
             torch.backends.mha.set_fastpath_enabled(mha_fastpath)
         return f.getvalue()
 
-    def __call__(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        key = (self.key, x.shape[0], torch.get_num_threads())
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        key = (self.key, inputs[0].shape[0], torch.get_num_threads())
         session = self._sessions.get(key)
         if session is None:
             session = self._sessions[key] = self._session(self.model, key[1], key[2])
             while len(self._sessions) > ONNX_SESSIONS_KEEP:
                 self._sessions.popitem(last=False)
-        out = session.run(None, {"x": x.contiguous().numpy(), "c": c.contiguous().numpy()})[0]
+        out = session.run(None, {k: t.contiguous().numpy() for k, t in zip(self.input_names, inputs)})[0]
         return torch.from_numpy(out)
+
+
+class OnnxTrunk(OnnxModel):
+    """A denoiser's trunk (:meth:`denoise`) in ONNX Runtime, exported in its faster form
+    (:func:`_export_form`); the sampler settings are not part of the model, the scheduler runs
+    outside the graph."""
+
+    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
+        super().__init__(_TrunkModule(_export_form(denoiser, tuple(x_shape))), {"x": tuple(x_shape), "c": tuple(c_shape)})
 
 
 class SamplingAccelerator:
@@ -418,6 +443,8 @@ class SamplingAccelerator:
         if mode == "onnx" and autocast != "no":
             raise ValueError(f"the onnx mode runs float32; autocast must be 'no', got {autocast!r}")
         self.onnx_trunk: OnnxTrunk | None = None
+        self.image_encoder = getattr(policy, "image_encoder", None)
+        self.onnx_cameras: dict[str, OnnxModel] = {}
         if mode == "cuda_graph" and self.device.type != "cuda":
             self._fall_back(f"CUDA graphs need a CUDA device, the policy is on {self.device}")
         elif mode == "onnx" and self.device.type != "cpu":
@@ -441,6 +468,22 @@ class SamplingAccelerator:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+
+    def encode_obs(self, policy: nn.Module, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``policy.encode_obs(obs)`` the way this accelerator runs: in the ``onnx`` mode each
+        camera's network (after its preprocessing) runs in ONNX Runtime, exported at the first
+        call for the weights the policy has then; otherwise under the accelerator's autocast."""
+        if self.active_mode == "onnx" and self.image_encoder is not None:
+            try:
+                if not self.onnx_cameras:
+                    for key, cam in self.image_encoder.cameras.items():
+                        h, w = cam.crop_shape
+                        self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)})
+                return policy.encode_obs(obs, camera_features=lambda key, x: self.onnx_cameras[key](x))
+            except Exception as e:  # noqa: BLE001 - e.g. an op the exporter or runtime does not support
+                self._fall_back(f"ONNX export or run of the image encoder failed: {type(e).__name__}: {str(e)[:200]}")
+        with self.autocast():
+            return policy.encode_obs(obs)
 
     def matches(self, sampler: str, num_inference_steps: int) -> bool:
         return sampler == self.sampler and num_inference_steps == self.num_inference_steps

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,15 +63,17 @@ class DiffusionPolicy(Policy):
                 num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size,
             )
 
-    def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0) -> torch.Tensor:
+    def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0,
+                   camera_features: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk):
-        image features of every camera (all B*To frames in one encoder pass), then the normalised
-        low-dim keys, plus Gaussian noise of std ``obs_noise_std`` on those (training only)."""
+        image features of every camera (all B*To frames in one encoder pass; ``camera_features``
+        runs the cameras' networks instead when given, see :class:`ImageObsEncoder`), then the
+        normalised low-dim keys, plus Gaussian noise of std ``obs_noise_std`` on those (training only)."""
         feats = []
         if self.image_encoder is not None:
             images = {k: obs[k].flatten(0, 1) for k in self.config.image_keys}  # (B*To, H, W, C)
             b, to = obs[self.config.image_keys[0]].shape[:2]
-            feats.append(self.image_encoder(images).reshape(b, to, -1))
+            feats.append(self.image_encoder(images, camera_features).reshape(b, to, -1))
         if self.config.lowdim_keys:
             lowdim = self.normalized_obs(obs)
             feats.append(lowdim + obs_noise_std * torch.randn_like(lowdim) if obs_noise_std > 0 else lowdim)
@@ -152,8 +153,7 @@ class DiffusionPolicy(Policy):
         if acc is not None and not acc.matches(sampler, steps):
             raise ValueError(f"the accelerator was built for {acc.sampler}-{acc.num_inference_steps}, "
                              f"this call asks for {sampler}-{steps}")
-        with acc.autocast() if acc is not None else contextlib.nullcontext():
-            cond = self.encode_obs(obs)  # once per call, not per denoising step
+        cond = acc.encode_obs(self, obs) if acc is not None else self.encode_obs(obs)  # once per call, not per step
         B, dev = cond.shape[0], cond.device
         draws_shape = (B, *self.noise_shape(steps, sampler))
         if noise is None:
