@@ -16,6 +16,7 @@ The shipped entries themselves are then scored by the zoo suite
 
     python benchmarks/zoo_protocol.py collect lift_state/diffusion                   # robosuite: scripted demos
     python benchmarks/zoo_protocol.py train kitchen_complete_abs/diffusion --seed 0   # one training
+    python benchmarks/zoo_protocol.py score kitchen_complete_abs/diffusion --seed 0   # optional: one seed's scores now
     python benchmarks/zoo_protocol.py ship kitchen_complete_abs/diffusion              # select, score, export
     python -m dp_gym.benchmark --suite zoo --out-dir benchmarks/results/zoo/held_out
     python -m dp_gym.benchmark --suite zoo --seeds 100000:100050 --out-dir benchmarks/results/zoo/paper_seeds
@@ -323,6 +324,10 @@ def main() -> None:
     t.add_argument("--seed", type=int, required=True)
     c = sub.add_parser("collect", help="make an entry's scripted demonstrations (robosuite entries)")
     c.add_argument("entry", choices=sorted(RECIPES))
+    e = sub.add_parser("score", help="score one finished training seed on the selection and held-out seeds "
+                                     "(what ship does for every seed; ship then reads the scores back)")
+    e.add_argument("entry", choices=sorted(RECIPES))
+    e.add_argument("--seed", type=int, required=True)
     s = sub.add_parser("ship", help="score every training seed, ship the median one")
     s.add_argument("entry", choices=sorted(RECIPES))
     s.add_argument("--data-dir", default=None)
@@ -333,6 +338,10 @@ def main() -> None:
     if a.cmd == "train":
         for cmd in stage_commands(a.entry, a.seed):
             subprocess.run(shlex.split(cmd), check=True)
+    elif a.cmd == "score":
+        if len(RECIPES[a.entry]["seeds"]) > 1:  # a single training seed needs no selection score
+            evaluate(a.entry, a.seed, "selection", SELECTION_SEEDS)
+        evaluate(a.entry, a.seed, "held_out", HELD_OUT_SEEDS)
     elif a.cmd == "collect":
         collect(a.entry)
     elif a.cmd == "ship":
