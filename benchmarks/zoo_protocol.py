@@ -49,6 +49,8 @@ HELD_OUT_SEEDS = "300000:300100"
 PAPER_SEEDS = "100000:100050"
 SPLITS = ["held_out", "paper_seeds"]  # the seed ranges a card records suite results for, in card order
 MACHINE = "a 2-core x86-64 CPU (AVX-512), 1 torch thread, two trainings sharing the machine"
+CAN_MACHINE = ("a 2-core x86-64 CPU (AMD EPYC, AVX-512), 1 torch thread, the three diffusion training seeds, the BC and "
+               "IBC trainings and evaluations sharing the machine")
 DDIM10 = ["--sampler", "ddim", "--num-inference-steps", "10"]
 X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
 IBC_SINGLE = '{"n_counter_examples": 128, "chunked": false}'
@@ -127,12 +129,13 @@ RECIPES: dict[str, dict] = {
               f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
               f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
         finetune=4000, seeds=[0, 1, 2], benchmark_args=DDIM10, data=CAN_HDF5, collect=CAN_COLLECT,
+        machine=CAN_MACHINE + " (wall times include about 6 minutes paused for speed measurements)",
         summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Can from low-dim state, OSC "
                 "delta actions, trained 12000 steps then 4000 more with a fresh learning-rate cycle; DDIM-10 sampling."),
     "can_state/bc": dict(
         train=f"--task can_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
               f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0, 1, 2], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT,
+        seeds=[0, 1, 2], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT, machine=CAN_MACHINE,
         summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."),
     "can_state/ibc": dict(
         train=f"--task can_state --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
@@ -264,7 +267,7 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
         "data": {"file": recipe["data"], "sha256": data_digest(recipe["data"], data_dir),
                  "description": f"our scripted expert's demonstrations, made by `{recipe['collect']}`" if "collect" in recipe
                                 else "the real demonstrations (see the README's Data section)"},
-        "training": {"command": train_command(name, shipped), "seeds": done, "steps": steps, "machine": MACHINE,
+        "training": {"command": train_command(name, shipped), "seeds": done, "steps": steps, "machine": recipe.get("machine", MACHINE),
                      "wall_minutes": {str(s): wall_minutes(name, s) for s in done}, "shipped_seed": shipped,
                      "shipped_because": f"median of the training seeds on the selection seeds {SELECTION_SEEDS} "
                                         f"(success {sel_txt})" if selection else "the only training seed"},
