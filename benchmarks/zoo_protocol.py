@@ -64,6 +64,29 @@ CAN_COLLECT = (f"python -m dp_gym.collect --task can --episodes 210 --seed-start
                f"--out {ROBOSUITE_DATA}/{CAN_HDF5}")
 SQUARE_COLLECT = f"python -m dp_gym.collect --task square --episodes 230 --seed-start 0 --out {ROBOSUITE_DATA}/{SQUARE_HDF5}"
 
+# The robosuite recipes share their flags; each adds --task (and --seed / --out-dir when run).
+ROBOSUITE_X0_DIFFUSION = (f"--policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 --batch-size 64 "
+                          f"--lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
+                          f"--num-threads 1 --data-dir {ROBOSUITE_DATA}")
+DELTA_BC_SUMMARY = "Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."
+
+
+def robosuite_bc(task: str, data: str, collect: str, summary: str, **extra) -> dict:
+    """The BC recipe of a robosuite entry: MLP 3 × 512, 5000 steps, three training seeds."""
+    return dict(train=f"--task {task} --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
+                      f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+                seeds=[0, 1, 2], benchmark_args=[], data=data, collect=collect, summary=summary, **extra)
+
+
+def robosuite_ibc(task: str, data: str, collect: str, actions: str, **extra) -> dict:
+    """The IBC recipe of a robosuite entry: single-step energy MLP, 6000 steps, one training seed."""
+    return dict(train=f"--task {task} --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
+                      f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
+                      f"--data-dir {ROBOSUITE_DATA}",
+                seeds=[0], benchmark_args=[], data=data, collect=collect,
+                summary=f"Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step {actions}.", **extra)
+
+
 # One fixed recipe per entry: the training flags (without --seed / --out-dir), the training seeds,
 # the benchmark arguments the entry is scored with, and the dataset it reads. ``finetune`` (steps)
 # adds a second stage: that many steps with a fresh learning-rate cycle and EMA from the first
@@ -111,56 +134,24 @@ RECIPES: dict[str, dict] = {
         seeds=[0, 1, 2], benchmark_args=DDIM10, data=LIFT_HDF5, collect=LIFT_COLLECT,
         summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on robosuite Lift from low-dim state "
                 "(eef pose, gripper, object), OSC delta actions; DDIM-10 sampling."),
-    "lift_state/bc": dict(
-        train=f"--task lift_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
-              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0, 1, 2], benchmark_args=[], data=LIFT_HDF5, collect=LIFT_COLLECT,
-        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."),
-    "lift_state/ibc": dict(
-        train=f"--task lift_state --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
-              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
-              f"--data-dir {ROBOSUITE_DATA}",
-        seeds=[0], benchmark_args=[], data=LIFT_HDF5, collect=LIFT_COLLECT,
-        # float16 weights scored 0.39 on the held-out seeds against the float32 checkpoint's 0.49 [0.39, 0.59]
-        weights_dtype="float32",
-        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
+    "lift_state/bc": robosuite_bc("lift_state", LIFT_HDF5, LIFT_COLLECT, DELTA_BC_SUMMARY),
+    # float16 weights scored 0.39 on the held-out seeds against the float32 checkpoint's 0.49 [0.39, 0.59]
+    "lift_state/ibc": robosuite_ibc("lift_state", LIFT_HDF5, LIFT_COLLECT, "OSC delta actions", weights_dtype="float32"),
     "can_state/diffusion": dict(
-        train=f"--task can_state --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
-              f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
-              f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        finetune=4000, seeds=[0, 1, 2], benchmark_args=DDIM10, data=CAN_HDF5, collect=CAN_COLLECT,
-        machine=CAN_MACHINE + " (wall times include about 6 minutes paused for speed measurements)",
+        train=f"--task can_state {ROBOSUITE_X0_DIFFUSION}", finetune=4000, seeds=[0, 1, 2], benchmark_args=DDIM10,
+        data=CAN_HDF5, collect=CAN_COLLECT, machine=CAN_MACHINE + " (wall times include about 6 minutes paused for speed measurements)",
         summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Can from low-dim state, OSC "
                 "delta actions, trained 12000 steps then 4000 more with a fresh learning-rate cycle; DDIM-10 sampling."),
-    "can_state/bc": dict(
-        train=f"--task can_state --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
-              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0, 1, 2], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT, machine=CAN_MACHINE,
-        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."),
-    "can_state/ibc": dict(
-        train=f"--task can_state --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
-              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
-              f"--data-dir {ROBOSUITE_DATA}",
-        seeds=[0], benchmark_args=[], data=CAN_HDF5, collect=CAN_COLLECT,
-        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step OSC delta actions."),
+    "can_state/bc": robosuite_bc("can_state", CAN_HDF5, CAN_COLLECT, DELTA_BC_SUMMARY, machine=CAN_MACHINE),
+    "can_state/ibc": robosuite_ibc("can_state", CAN_HDF5, CAN_COLLECT, "OSC delta actions"),
     "square_state_abs/diffusion": dict(
-        train=f"--task square_state_abs --policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 "
-              f"--batch-size 64 --lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
-              f"--num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0, 1, 2], benchmark_args=DDIM10, data=SQUARE_HDF5, collect=SQUARE_COLLECT,
+        train=f"--task square_state_abs {ROBOSUITE_X0_DIFFUSION}", seeds=[0, 1, 2], benchmark_args=DDIM10,
+        data=SQUARE_HDF5, collect=SQUARE_COLLECT,
         summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Square from low-dim state "
                 "with absolute end-effector pose actions (position + rot6d + gripper); DDIM-10 sampling."),
-    "square_state_abs/bc": dict(
-        train=f"--task square_state_abs --policy bc --model-size medium --steps 5000 --batch-size 64 --checkpoint-every 2500 "
-              f"--val-every 2500 --log-every 500 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
-        seeds=[0, 1, 2], benchmark_args=[], data=SQUARE_HDF5, collect=SQUARE_COLLECT,
-        summary="Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 absolute pose actions."),
-    "square_state_abs/ibc": dict(
-        train=f"--task square_state_abs --policy ibc --model-size small --n-action-steps 1 --policy-overrides '{IBC_SINGLE}' "
-              f"--steps 6000 --batch-size 64 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1 "
-              f"--data-dir {ROBOSUITE_DATA}",
-        seeds=[0], benchmark_args=[], data=SQUARE_HDF5, collect=SQUARE_COLLECT,
-        summary="Implicit BC (energy MLP 2 × 256, InfoNCE, 128 counter-examples), single-step absolute pose actions."),
+    "square_state_abs/bc": robosuite_bc("square_state_abs", SQUARE_HDF5, SQUARE_COLLECT,
+                                        "Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 absolute pose actions."),
+    "square_state_abs/ibc": robosuite_ibc("square_state_abs", SQUARE_HDF5, SQUARE_COLLECT, "absolute pose actions"),
 }
 
 
@@ -168,12 +159,18 @@ def run_dir(name: str, seed: int) -> Path:
     return Path("runs/zoo") / name / f"seed{seed}"
 
 
+def stage_dirs(name: str, seed: int) -> list[Path]:
+    """The run folders of one seed's training stages, in order; the last one is ``run_dir``."""
+    out = run_dir(name, seed)
+    return ([out.with_name(out.name + "_stage1")] if "finetune" in RECIPES[name] else []) + [out]
+
+
 def stage_commands(name: str, seed: int) -> list[str]:
     """The training commands of one seed, in order; the last one writes ``run_dir``."""
-    recipe, out = RECIPES[name], run_dir(name, seed)
+    recipe = RECIPES[name]
     if "finetune" not in recipe:
-        return [f"python -m dp_gym.train {recipe['train']} --seed {seed} --out-dir {out} --resume"]
-    first = out.with_name(out.name + "_stage1")
+        return [f"python -m dp_gym.train {recipe['train']} --seed {seed} --out-dir {run_dir(name, seed)} --resume"]
+    first, out = stage_dirs(name, seed)
     argv = shlex.split(recipe["train"])
     argv[argv.index("--steps") + 1] = str(recipe["finetune"])
     for flag in ("--policy-overrides", "--model-size"):  # the checkpoint's config fixes the policy
@@ -190,6 +187,11 @@ def train_command(name: str, seed: int) -> str:
 def total_steps(name: str) -> int:
     argv = shlex.split(RECIPES[name]["train"])
     return int(argv[argv.index("--steps") + 1]) + RECIPES[name].get("finetune", 0)
+
+
+def needs_selection(name: str) -> bool:
+    """A single training seed needs no choice, so it is not scored on the selection seeds."""
+    return len(RECIPES[name]["seeds"]) > 1
 
 
 def score_dir(name: str, seed: int, split: str) -> Path:
@@ -224,9 +226,8 @@ def data_digest(rel: str, data_dir: str | None) -> str:
 
 def wall_minutes(name: str, seed: int) -> float:
     """Training wall time of one seed, every stage together."""
-    out = run_dir(name, seed)
     total = 0.0
-    for d in ([out.with_name(out.name + "_stage1")] if "finetune" in RECIPES[name] else []) + [out]:
+    for d in stage_dirs(name, seed):
         rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
         total += max(r.get("wall_s", 0.0) for r in rows)
     return round(total / 60, 1)
@@ -251,8 +252,7 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     done = [s for s in recipe["seeds"] if json.loads((run_dir(name, s) / "checkpoints/latest/config.json").read_text()).get("train_step") == last_stage]
     if done != recipe["seeds"]:
         raise SystemExit(f"{name}: training seeds {sorted(set(recipe['seeds']) - set(done))} have not finished {steps} steps")
-    # A single training seed needs no choice, so it is not scored on the selection seeds.
-    selection = {s: evaluate(name, s, "selection", SELECTION_SEEDS) for s in done} if len(done) > 1 else {}
+    selection = {s: evaluate(name, s, "selection", SELECTION_SEEDS) for s in done} if needs_selection(name) else {}
     ranked = sorted(done, key=lambda s: score(selection[s])) if selection else done
     shipped = ranked[(len(ranked) - 1) // 2]  # the median (the lower middle of an even count)
     held_out = {s: evaluate(name, s, "held_out", HELD_OUT_SEEDS) for s in done}
@@ -342,7 +342,7 @@ def main() -> None:
         for cmd in stage_commands(a.entry, a.seed):
             subprocess.run(shlex.split(cmd), check=True)
     elif a.cmd == "score":
-        if len(RECIPES[a.entry]["seeds"]) > 1:  # a single training seed needs no selection score
+        if needs_selection(a.entry):
             evaluate(a.entry, a.seed, "selection", SELECTION_SEEDS)
         evaluate(a.entry, a.seed, "held_out", HELD_OUT_SEEDS)
     elif a.cmd == "collect":

@@ -163,6 +163,5 @@ class ImageObsEncoder(nn.Module):
                 camera_features: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``camera_features(key, x)``, when given, replaces each camera's :meth:`CameraEncoder.features`
         on its preprocessed images (an accelerated runtime computing the same function)."""
-        if camera_features is None:
-            return torch.cat([enc(images[k]) for k, enc in self.cameras.items()], dim=-1)
-        return torch.cat([camera_features(k, enc.preprocess(images[k])) for k, enc in self.cameras.items()], dim=-1)
+        run = camera_features or (lambda k, x: self.cameras[k].features(x))
+        return torch.cat([run(k, enc.preprocess(images[k])) for k, enc in self.cameras.items()], dim=-1)

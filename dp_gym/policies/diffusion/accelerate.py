@@ -443,7 +443,6 @@ class SamplingAccelerator:
         if mode == "onnx" and autocast != "no":
             raise ValueError(f"the onnx mode runs float32; autocast must be 'no', got {autocast!r}")
         self.onnx_trunk: OnnxTrunk | None = None
-        self.image_encoder = getattr(policy, "image_encoder", None)
         self.onnx_cameras: dict[str, OnnxModel] = {}
         if mode == "cuda_graph" and self.device.type != "cuda":
             self._fall_back(f"CUDA graphs need a CUDA device, the policy is on {self.device}")
@@ -473,10 +472,10 @@ class SamplingAccelerator:
         """``policy.encode_obs(obs)`` the way this accelerator runs: in the ``onnx`` mode each
         camera's network (after its preprocessing) runs in ONNX Runtime, exported at the first
         call for the weights the policy has then; otherwise under the accelerator's autocast."""
-        if self.active_mode == "onnx" and self.image_encoder is not None:
+        if self.active_mode == "onnx" and policy.image_encoder is not None:
             try:
                 if not self.onnx_cameras:
-                    for key, cam in self.image_encoder.cameras.items():
+                    for key, cam in policy.image_encoder.cameras.items():
                         h, w = cam.crop_shape
                         self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)})
                 return policy.encode_obs(obs, camera_features=lambda key, x: self.onnx_cameras[key](x))
