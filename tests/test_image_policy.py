@@ -75,6 +75,26 @@ def test_resnet18_structure_groupnorm_everywhere():
     assert 11.0e6 < n_params < 11.3e6  # ResNet-18 without its classifier head: ~11.2M
 
 
+def test_half_width_resnet_has_a_quarter_of_the_parameters_and_the_same_layout():
+    full, half = CameraEncoder((96, 96, 3), crop_shape=(84, 84)), CameraEncoder((96, 96, 3), crop_shape=(84, 84), width=32)
+    x = half.preprocess(torch.zeros(2, 96, 96, 3, dtype=torch.uint8))
+    assert half.trunk(x).shape == (2, 256, 3, 3) and half.keypoints.to_keypoints.in_channels == 256
+    assert half(torch.zeros(2, 96, 96, 3, dtype=torch.uint8)).shape == (2, 64)
+    n_full, n_half = (sum(p.numel() for p in e.trunk.parameters()) for e in (full, half))
+    assert 0.24 < n_half / n_full < 0.26
+    assert [type(m) for m in half.trunk.modules()] == [type(m) for m in full.trunk.modules()]
+    with pytest.raises(ValueError, match="multiple of the GroupNorm group size"):
+        CameraEncoder((96, 96, 3), width=24)
+
+
+def test_policy_config_sets_the_encoder_width_and_checks_it():
+    p = image_policy(image_encoder_width=32)
+    assert p.image_encoder.cameras["cam"].trunk.out_channels == 256
+    assert image_policy().image_encoder.cameras["cam"].trunk.out_channels == 512  # the paper's ResNet-18 by default
+    with pytest.raises(ValueError, match="image_encoder_width"):
+        image_config(image_encoder_width=40)
+
+
 def test_spatial_softmax_finds_the_peak():
     ss = SpatialSoftmax(1, num_keypoints=1)
     with torch.no_grad():

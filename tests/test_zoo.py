@@ -180,8 +180,19 @@ def test_unknown_suite_is_refused_with_the_known_ones():
         load_suite("no_such_suite")
 
 
-def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
+def load_protocol():
+    """benchmarks/zoo_protocol.py as a module."""
     import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo_protocol.py"
+    spec = importlib.util.spec_from_file_location("zoo_protocol", path)
+    zp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zp)
+    return zp
+
+
+def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
     from pathlib import Path
 
     from dp_gym.benchmark import parse_args as parse_benchmark, parse_seeds
@@ -189,10 +200,7 @@ def test_protocol_recipes_parse_and_keep_the_seed_ranges_apart():
     from dp_gym.utils.cli import parse_config
     from dp_gym.train import parse_args as parse_train
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "zoo_protocol.py"
-    spec = importlib.util.spec_from_file_location("zoo_protocol", path)
-    zp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(zp)
+    zp = load_protocol()
     ranges = [set(parse_seeds(s)) for s in (zp.SELECTION_SEEDS, zp.HELD_OUT_SEEDS, zp.PAPER_SEEDS)]
     assert all(not (a & b) for i, a in enumerate(ranges) for b in ranges[i + 1:])  # disjoint
     for name, recipe in zp.RECIPES.items():
@@ -268,3 +276,31 @@ def test_readme_spread_table_comes_from_the_cards(tmp_zoo):
     table = seed_spread_table(record)
     assert "| pusht_keypoints | bc | 3 | 0.600 | 0.50, 0.70, 0.60 | 0.850 (coverage) | 300000:300100 |" in table
     assert "diffusion" not in table
+
+
+def test_protocol_record_gives_a_single_float32_seed_its_spread_from_the_suite(tmp_path, tmp_zoo, monkeypatch):
+    """One training seed shipped in float32 is scored once, by the suite: ``record`` copies that
+    held-out result into the card's seed spread (and ``score`` refuses to run it a second time)."""
+    from dp_gym.zoo import write_card
+
+    zp = load_protocol()
+    monkeypatch.setitem(zp.RECIPES, "pusht_keypoints/bc", {**zp.RECIPES["pusht_keypoints/bc"], "seeds": [3], "weights_dtype": "float32"})
+    assert zp.scored_by_suite("pusht_keypoints/bc") and not zp.scored_by_suite("pusht_keypoints/diffusion")
+    entry = get_entry("pusht_keypoints/bc")
+    write_card(entry, {**entry.card, "training": {"seeds": [3], "shipped_seed": 3}, "training_seed_spread": None})
+    r = {"episodes": 4, "mean_max_reward": 0.5, "success_rate": 0.25, "success_ci95": [0.05, 0.7]}
+    (tmp_path / "held_out" / "pusht_keypoints" / "bc").mkdir(parents=True)
+    (tmp_path / "held_out" / "results.json").write_text(json.dumps({"seeds": "300000:300004", "results": {"pusht_keypoints": {"bc": r}}}))
+    per_episode = {"success": [True, False, False, False], "max_reward": [1.0, 0.9, 0.1, 0.0]}
+    (tmp_path / "held_out" / "pusht_keypoints" / "bc" / "results.json").write_text(
+        json.dumps({"results": {"bc": {**r, "per_episode": per_episode}}}))
+    zp.record(str(tmp_path / "held_out" / "results.json"), "held_out")
+    card = get_entry("pusht_keypoints/bc").card
+    assert card["training_seed_spread"]["per_seed"] == {"3": 0.25}
+    assert card["training_seed_spread"]["per_seed_results"]["3"]["success_ci95"] == [0.05, 0.7]
+    assert card["results"][0]["split"] == "held_out" and card["results"][0]["success_rate"] == 0.25
+    assert card["failure_modes"] == ["3 of 4 episodes on seeds 300000:300004 fail; 1 of them get the score to 0.8 or more (the "
+                                     "object close to the goal but not within the success threshold), 2 stay below 0.8"]
+    monkeypatch.setattr("sys.argv", ["zoo_protocol.py", "score", "pusht_keypoints/bc", "--seed", "3"])
+    with pytest.raises(SystemExit, match="the zoo suite scores it"):
+        zp.main()

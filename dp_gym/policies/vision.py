@@ -52,18 +52,22 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18Trunk(nn.Module):
-    """ResNet-18 up to the last residual stage (no pooling, no classifier): (N, C, H, W) → (N, 512, h, w)."""
+    """ResNet-18 up to the last residual stage (no pooling, no classifier): (N, C, H, W) →
+    (N, 8 * width, h, w). ``width`` is the stem's channel count (64 in ResNet-18; the stages have
+    width, 2, 4 and 8 times width): a narrower trunk has width² / 64² of the parameters and
+    convolution work, for CPU-sized training."""
 
-    out_channels = 512
-
-    def __init__(self, in_channels: int = 3, group_size: int = 16) -> None:
+    def __init__(self, in_channels: int = 3, group_size: int = 16, width: int = 64) -> None:
         super().__init__()
+        if width < 1 or width % group_size:
+            raise ValueError(f"ResNet width must be a positive multiple of the GroupNorm group size {group_size}, got {width}")
+        self.out_channels = 8 * width
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), group_norm(64, group_size), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), group_norm(width, group_size), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
         )
         stages = []
-        in_ch = 64
-        for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        in_ch = width
+        for out_ch, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             stages.append(nn.Sequential(BasicBlock(in_ch, out_ch, stride, group_size), BasicBlock(out_ch, out_ch, 1, group_size)))
             in_ch = out_ch
         self.stages = nn.Sequential(*stages)
@@ -122,13 +126,13 @@ class CameraEncoder(nn.Module):
     spatial softmax → linear → (N, feature_dim)."""
 
     def __init__(self, image_shape: Sequence[int], crop_shape: Sequence[int] | None = (84, 84), feature_dim: int = 64,
-                 num_keypoints: int = 32, group_size: int = 16) -> None:
+                 num_keypoints: int = 32, group_size: int = 16, width: int = 64) -> None:
         super().__init__()
         h, w, c = (int(s) for s in image_shape)
         self.image_shape = (h, w, c)
         self.crop_shape = (h, w) if crop_shape is None else (int(crop_shape[0]), int(crop_shape[1]))
-        self.trunk = ResNet18Trunk(c, group_size)
-        self.keypoints = SpatialSoftmax(ResNet18Trunk.out_channels, num_keypoints)
+        self.trunk = ResNet18Trunk(c, group_size, width)
+        self.keypoints = SpatialSoftmax(self.trunk.out_channels, num_keypoints)
         self.project = nn.Linear(2 * num_keypoints, feature_dim)
         self.feature_dim = feature_dim
 
@@ -150,12 +154,12 @@ class ImageObsEncoder(nn.Module):
     the per-camera features concatenated in key order, (N, n_cameras * feature_dim)."""
 
     def __init__(self, image_shapes: dict[str, Sequence[int]], crop_shape: Sequence[int] | None = (84, 84),
-                 feature_dim: int = 64, num_keypoints: int = 32, group_size: int = 16) -> None:
+                 feature_dim: int = 64, num_keypoints: int = 32, group_size: int = 16, width: int = 64) -> None:
         super().__init__()
         if not image_shapes:
             raise ValueError("ImageObsEncoder needs at least one image key")
         self.cameras = nn.ModuleDict({
-            k: CameraEncoder(s, crop_shape, feature_dim, num_keypoints, group_size) for k, s in image_shapes.items()
+            k: CameraEncoder(s, crop_shape, feature_dim, num_keypoints, group_size, width) for k, s in image_shapes.items()
         })
         self.feature_dim = feature_dim * len(image_shapes)
 

@@ -45,6 +45,9 @@ class DiffusionConfig(PolicyConfig):
     image_feature_dim: int = 64
     spatial_softmax_keypoints: int = 32
     group_norm_group_size: int = 16
+    # ResNet-18's stem width (64 as in the paper; stages 1/2/4/8x it). 32 has a quarter of the
+    # encoder's parameters and convolution work: what a CPU training budget affords.
+    image_encoder_width: int = 64
     # Diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
@@ -61,9 +64,12 @@ class DiffusionConfig(PolicyConfig):
 
     def __post_init__(self) -> None:
         validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps", "image_feature_dim",
-                                               "spatial_softmax_keypoints", "group_norm_group_size", "kernel_size",
+                                               "spatial_softmax_keypoints", "group_norm_group_size", "image_encoder_width", "kernel_size",
                                                "n_groups", "diffusion_step_embed_dim", "n_layer", "n_head", "n_emb"),
                                allow_images=True)
+        if self.image_encoder_width % self.group_norm_group_size:
+            raise ValueError(f"image_encoder_width ({self.image_encoder_width}) must be a multiple of group_norm_group_size "
+                             f"({self.group_norm_group_size})")
         if self.crop_shape is not None:
             self.crop_shape = [int(c) for c in self.crop_shape]
             if len(self.crop_shape) != 2 or min(self.crop_shape) < 1:

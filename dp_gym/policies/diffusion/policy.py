@@ -60,7 +60,7 @@ class DiffusionPolicy(Policy):
         if c.image_keys:
             self.image_encoder = ImageObsEncoder(
                 {k: c.obs_shapes[k] for k in c.image_keys}, crop_shape=c.crop_shape, feature_dim=c.image_feature_dim,
-                num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size,
+                num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size, width=c.image_encoder_width,
             )
 
     def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0,
