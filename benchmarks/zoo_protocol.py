@@ -309,7 +309,7 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
         "protocol": {"selection_seeds": SELECTION_SEEDS, "held_out_seeds": HELD_OUT_SEEDS, "paper_seeds": PAPER_SEEDS},
         "training_seed_spread": spread({str(s): r for s, r in held_out.items()}) if held_out else None,  # else: record fills it
         "results": [],
-        **({"gpu_recipe": {"command": recipe["gpu_recipe"], "note": "the paper's recipe for this task; not run for this entry"}}
+        **({"gpu_recipe": {"command": recipe["gpu_recipe"], "note": "The paper's recipe for this task, for a GPU (not run for this entry)"}}
            if "gpu_recipe" in recipe else {}),
         "versions": {"dp_gym": dp_gym.__version__, "torch": torch.__version__},
     }

@@ -231,6 +231,9 @@ def render_card(card: dict[str, Any]) -> str:
                   f"Training seeds {', '.join(map(str, t.get('seeds', [])))}, {t.get('steps')} steps each on "
                   f"{t.get('machine', 'a 2-core CPU')}; wall time {wall_txt}. The shipped checkpoint is training seed "
                   f"{t.get('shipped_seed')}: {t.get('shipped_because', 'the median of the training seeds')}.", ""]
+    if card.get("gpu_recipe"):
+        g = card["gpu_recipe"]
+        lines += ["## GPU recipe", "", f"{g.get('note', '')}:", "", "```bash", g.get("command", ""), "```", ""]
     if card.get("results"):
         lines += [f"## Results (the shipped {card.get('weights_dtype', 'float16')} weights)", "", "| split | seeds | episodes | score | success (95% Wilson) |",
                   "|---|---|---|---|---|"]

@@ -69,6 +69,13 @@ def test_shipped_card_is_complete_and_its_commands_parse(entry):
         lo, hi = r["success_ci95"]
         assert 0 <= lo <= r["success_rate"] <= hi <= 1 and r["episodes"] > 0
     assert (entry.path / "README.md").read_text().startswith(f"# {entry.task} / {entry.policy}")
+    if "gpu_recipe" in card:  # an entry trained below the paper's budget carries the paper's recipe
+        argv = shlex.split(card["gpu_recipe"]["command"])
+        with pytest.MonkeyPatch.context() as mp:  # parsed as on a GPU machine
+            mp.setattr(torch.cuda, "is_available", lambda: True)
+            cfg = parse_train(argv[3:])
+        assert argv[:3] == ["python", "-m", "dp_gym.train"] and cfg.task == entry.task and cfg.device == "cuda"
+        assert card["gpu_recipe"]["command"] in (entry.path / "README.md").read_text()
 
 
 def tiny_bc():
