@@ -75,9 +75,14 @@ PUSHT_IMAGE_GPU_RECIPE = ("python -m dp_gym.train --task pusht_image --policy di
                           "--mixed-precision bf16 --seed 0 --out-dir runs/zoo/pusht_image/diffusion/gpu_seed0 --resume")
 
 # The robosuite recipes share their flags; each adds --task (and --seed / --out-dir when run).
-ROBOSUITE_X0_DIFFUSION = (f"--policy diffusion --model-size small --policy-overrides '{X0}' --steps 12000 --batch-size 64 "
-                          f"--lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
-                          f"--num-threads 1 --data-dir {ROBOSUITE_DATA}")
+def robosuite_x0_diffusion(steps: int) -> str:
+    """The x₀-prediction diffusion flags of a robosuite entry (UNet small, batch 64, lr 1e-4)."""
+    return (f"--policy diffusion --model-size small --policy-overrides '{X0}' --steps {steps} --batch-size 64 "
+            f"--lr 1e-4 --warmup-steps 200 --checkpoint-every 1000 --val-every 2000 --log-every 100 "
+            f"--num-threads 1 --data-dir {ROBOSUITE_DATA}")
+
+
+ROBOSUITE_X0_DIFFUSION = robosuite_x0_diffusion(12000)
 DELTA_BC_SUMMARY = "Explicit behaviour cloning: MLP (3 × 512) regressing a chunk of Ta=8 OSC delta actions from To=2 observations."
 
 
@@ -151,10 +156,9 @@ RECIPES: dict[str, dict] = {
     # robosuite: the demonstrations are our scripted experts' (robomimic layout), made by the
     # ``collect`` command into the writable data directory ROBOSUITE_DATA before training.
     "lift_state/diffusion": dict(
-        train=f"--task lift_state --policy diffusion --model-size small --steps 3000 --batch-size 64 --lr 1e-4 "
-              f"--warmup-steps 200 --checkpoint-every 500 --val-every 500 --log-every 100 --num-threads 1 --data-dir {ROBOSUITE_DATA}",
+        train=f"--task lift_state {robosuite_x0_diffusion(6000)}",
         seeds=[0, 1, 2], benchmark_args=DDIM10, data=LIFT_HDF5, collect=LIFT_COLLECT,
-        summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on robosuite Lift from low-dim state "
+        summary="Diffusion Policy (UNet small, x₀-prediction, To=2 Ta=8 Tp=16) on robosuite Lift from low-dim state "
                 "(eef pose, gripper, object), OSC delta actions; DDIM-10 sampling."),
     "lift_state/bc": robosuite_bc("lift_state", LIFT_HDF5, LIFT_COLLECT, DELTA_BC_SUMMARY),
     # float16 weights scored 0.39 on the held-out seeds against the float32 checkpoint's 0.49 [0.39, 0.59]

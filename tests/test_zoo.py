@@ -78,6 +78,17 @@ def test_shipped_card_is_complete_and_its_commands_parse(entry):
         assert card["gpu_recipe"]["command"] in (entry.path / "README.md").read_text()
 
 
+@pytest.mark.parametrize("entry", SHIPPED, ids=lambda e: e.name)
+def test_shipped_card_matches_the_protocols_recipe(entry):
+    # a recipe changed in benchmarks/zoo_protocol.py must be re-shipped, not left beside an older entry
+    zp = load_protocol()
+    recipe, card = zp.RECIPES[entry.name], entry.card
+    assert card["training"]["command"] == zp.train_command(entry.name, card["training"]["shipped_seed"])
+    assert card["training"]["seeds"] == recipe["seeds"] and card["training"]["steps"] == zp.total_steps(entry.name)
+    assert card["benchmark_args"] == recipe["benchmark_args"] and card["summary"] == recipe["summary"]
+    assert card["data"]["file"] == recipe["data"]
+
+
 def tiny_bc():
     policy = make_policy("bc", dict(obs_shapes={"obs": [20]}, action_dim=2, horizon=9, n_obs_steps=2, n_action_steps=8, hidden_dims=[16]))
     policy.fit_normalizers({"obs": torch.rand(64, 20) * 512, "action": torch.rand(64, 2) * 512})
