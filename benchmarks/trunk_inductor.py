@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from dp_gym.perf import build_policy, random_obs
+from dp_gym.perf import build_policy, interleaved_ms, random_obs
 from dp_gym.policies.diffusion.accelerate import OnnxTrunk, SamplingAccelerator, _export_form, _TrunkModule
 
 
@@ -42,17 +42,9 @@ def main() -> None:
         print(f"max |difference| from eager: inductor {(y_c - y_e).abs().max().item():.1e}, "
               f"onnx {(ort(x, c) - y_e).abs().max().item():.1e}")
         fns = {"onnx": lambda: ort(x, c), "inductor": lambda: compiled(x, c), "eager (time-major)": lambda: module(x, c)}
-        for _ in range(3):
-            for f in fns.values():
-                f()
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(args.repeats):
-            for k, f in fns.items():
-                t = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t)
-    for k, v in times.items():
-        print(f"{k}: median {1000 * sorted(v)[len(v) // 2]:.2f} ms per trunk pass")
+        medians = interleaved_ms(fns, torch.device("cpu"), repeats=args.repeats, warmup=3)
+    for k, ms in medians.items():
+        print(f"{k}: median {ms:.2f} ms per trunk pass")
 
 
 if __name__ == "__main__":
