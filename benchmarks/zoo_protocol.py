@@ -53,6 +53,7 @@ SPLITS = ["held_out", "paper_seeds"]  # the seed ranges a card records suite res
 MACHINE = "a 2-core x86-64 CPU (AVX-512), 1 torch thread, two trainings sharing the machine"
 CAN_MACHINE = ("a 2-core x86-64 CPU (AMD EPYC, AVX-512), 1 torch thread, the three diffusion training seeds, the BC and "
                "IBC trainings and evaluations sharing the machine")
+PUSHT_IMAGE_MACHINE = "a 2-core x86-64 CPU (Intel Xeon, AVX-512), 1 torch thread, two trainings sharing the machine"
 IBC_MACHINE = "a 2-core x86-64 CPU (AMD EPYC, AVX-512), 1 torch thread, other trainings and evaluations sharing the machine"
 DDIM10 = ["--sampler", "ddim", "--num-inference-steps", "10"]
 X0_OBSNOISE = '{"prediction_type": "sample", "obs_noise_std": 0.1}'
@@ -125,6 +126,25 @@ RECIPES: dict[str, dict] = {
         summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 96×96 RGB (ResNet-18 at half "
                 "width (32-64-128-256 channels), GroupNorm + spatial softmax, 84×84 random crops) + agent position, "
                 "trained on a CPU budget (5000 steps of 32, about 7 epochs); DDIM-10 sampling."),
+    # The baselines from pixels get the diffusion entry's camera encoder (half-width ResNet-18) and
+    # its budget: 5000 steps of 32, one torch thread.
+    "pusht_image/bc": dict(
+        train="--task pusht_image --policy bc --model-size medium --policy-overrides '{\"image_encoder_width\": 32}' "
+              "--steps 5000 --batch-size 32 --lr 1e-4 --warmup-steps 200 --checkpoint-every 200 --keep-every 1000 "
+              "--val-every 1000 --log-every 50 --num-threads 1",
+        seeds=[0, 1, 2], benchmark_args=[], data=PUSHT_ZARR, machine=PUSHT_IMAGE_MACHINE,
+        summary="Explicit behaviour cloning from 96×96 RGB + agent position: the diffusion entry's camera encoder "
+                "(half-width ResNet-18, GroupNorm + spatial softmax, 84×84 random crops) and an MLP (3 × 512) "
+                "regressing a chunk of Ta=8 actions (MSE), trained end to end on the same CPU budget."),
+    "pusht_image/ibc": dict(
+        train="--task pusht_image --policy ibc --model-size small --n-action-steps 1 --policy-overrides "
+              "'{\"n_counter_examples\": 128, \"chunked\": false, \"image_encoder_width\": 32}' --steps 5000 "
+              "--batch-size 32 --lr 1e-4 --warmup-steps 200 --checkpoint-every 200 --keep-every 1000 --val-every 1000 "
+              "--log-every 50 --num-threads 1",
+        seeds=[0], benchmark_args=[], data=PUSHT_ZARR, machine=PUSHT_IMAGE_MACHINE,
+        summary="Implicit BC from 96×96 RGB + agent position: the diffusion entry's camera encoder and an energy MLP "
+                "(2 × 256) trained with InfoNCE against 128 uniform counter-examples, single-step actions, "
+                "derivative-free optimisation at inference."),
     "pusht_keypoints/bc": dict(
         train="--task pusht_keypoints --policy bc --model-size medium --steps 20000 --batch-size 64 --lr 1e-4 "
               "--warmup-steps 500 --checkpoint-every 2000 --val-every 2000 --log-every 500 --num-threads 1",

@@ -249,10 +249,10 @@ def test_config_validates_image_shapes_and_crop():
         DiffusionConfig(obs_shapes={"cam": [3, 24, 24, 1]}, action_dim=2)
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         DiffusionConfig(obs_shapes={"cam": [3, 24, 24]}, action_dim=2)  # channels first
-    from dp_gym.policies.bc.config import BCConfig
-
-    with pytest.raises(ValueError, match="only low-dim"):
-        BCConfig(obs_shapes={"cam": [24, 24, 3]}, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4)
+    with pytest.raises(ValueError, match="image_encoder_width"):
+        image_config(image_encoder_width=24)  # not a multiple of the GroupNorm group size 16
+    with pytest.raises(ValueError, match="image_feature_dim"):
+        image_config(image_feature_dim=0)
 
 
 def test_image_policy_checkpoint_round_trip(tmp_path):
@@ -264,6 +264,67 @@ def test_image_policy_checkpoint_round_trip(tmp_path):
     a, _ = agent.predict(obs, episode_start=np.array([True]), deterministic=True)
     b, _ = loaded.predict(obs, episode_start=np.array([True]), deterministic=True)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# --- the baselines from pixels ---------------------------------------------------------------
+
+def baseline_from_pixels(kind: str, **kw):
+    """A BC or IBC policy on one 40x40 camera + a 2-d low-dim key, normalisers fitted."""
+    from dp_gym.policies.registry import get_policy_class
+
+    cls = get_policy_class(kind)
+    extra = dict(n_action_steps=1, chunked=False, n_counter_examples=16, n_samples=64, n_iters=2) if kind == "ibc" else {}
+    shapes = {"cam": list(IMG), "agent_pos": [2]}
+    config = cls.config_class(obs_shapes=shapes, action_dim=A, horizon=8, n_obs_steps=2, hidden_dims=[32, 32],
+                              **{"n_action_steps": 4, "crop_shape": CROP, "image_feature_dim": 8, "spatial_softmax_keypoints": 4,
+                                 **extra, **kw})
+    torch.manual_seed(0)
+    p = cls(config)
+    g = torch.Generator().manual_seed(1)
+    p.fit_normalizers({"agent_pos": torch.rand(50, 2, generator=g) * 500, "action": torch.rand(50, A, generator=g) * 500})
+    return p
+
+
+@pytest.mark.parametrize("kind", ["bc", "ibc"])
+def test_baselines_take_images_through_the_diffusion_policys_encoder(kind, tmp_path):
+    p = baseline_from_pixels(kind, image_encoder_width=32)
+    assert type(p.image_encoder) is type(image_policy().image_encoder)
+    assert p.image_encoder.cameras["cam"].trunk.out_channels == 256  # the half-width ResNet-18
+    assert p.config.obs_feature_dim == 8 + 2
+    obs = image_obs()
+    loss = p.train().compute_loss({**obs, "action": torch.rand(3, 8, A) * 500})
+    loss.backward()
+    grads = [q.grad for q in p.image_encoder.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)  # trained end to end
+    p.eval()
+    chunk = p.predict_chunk(obs, generator=torch.Generator().manual_seed(0))
+    assert chunk.shape == (3, p.config.n_action_steps, A)
+    torch.testing.assert_close(chunk, p.predict_chunk(obs, generator=torch.Generator().manual_seed(0)))  # eval crops are fixed
+    agent = DiffusionAgent(p)
+    agent.save(tmp_path / "ckpt")
+    loaded = DiffusionAgent.load(tmp_path / "ckpt")
+    one = {k: v[0, -1].numpy() for k, v in obs.items()}
+    a, _ = agent.predict(one, episode_start=np.array([True]), deterministic=True)
+    b, _ = loaded.predict(one, episode_start=np.array([True]), deterministic=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        p.predict_chunk(dict(obs, cam=obs["cam"].float()))
+
+
+@pytest.mark.parametrize("kind", ["bc", "ibc"])
+def test_baseline_image_config_is_validated(kind):
+    with pytest.raises(ValueError, match="larger than image"):
+        baseline_from_pixels(kind, crop_shape=[50, 50])
+    with pytest.raises(ValueError, match="image_encoder_width"):
+        baseline_from_pixels(kind, image_encoder_width=40)
+
+
+def test_low_dim_baselines_have_no_image_encoder():
+    from dp_gym.policies.bc.config import BCConfig
+    from dp_gym.policies.bc.policy import BCPolicy
+
+    p = BCPolicy(BCConfig(obs_shapes={"state": [5]}, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4))
+    assert p.image_encoder is None and not any("image_encoder" in k for k in p.state_dict())
 
 
 # --- data and task ----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar, Union
 
 C = TypeVar("C", bound="PolicyConfig")
@@ -100,11 +100,46 @@ class PolicyConfig:
         return low + len(self.image_keys) * int(getattr(self, "image_feature_dim", 0))
 
 
-def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_images: bool = False) -> None:
+@dataclass(kw_only=True)
+class ImageEncoderConfig:
+    """The camera-encoder fields a policy config inherits (``class MyConfig(PolicyConfig,
+    ImageEncoderConfig)``) to take ``(H, W, C)`` uint8 image observations: each image key gets one
+    ResNet-18 encoder (see :mod:`dp_gym.policies.vision`) whose ``image_feature_dim`` features join
+    the low-dim ones at every history step. Keyword-only, so a subclass's required fields may come
+    first. :func:`validate_policy_fields` checks them."""
+
+    # Random crop in training, centre crop in eval (paper, Push-T: 84 x 84 from 96 x 96); None: no crop.
+    crop_shape: list[int] | None = field(default_factory=lambda: [84, 84])
+    image_feature_dim: int = 64
+    spatial_softmax_keypoints: int = 32
+    group_norm_group_size: int = 16
+    # ResNet-18's stem width (64 as in the paper; stages 1/2/4/8x it). 32 has a quarter of the
+    # encoder's parameters and convolution work: what a CPU training budget affords.
+    image_encoder_width: int = 64
+
+
+def _validate_image_encoder_fields(cfg: ImageEncoderConfig) -> None:
+    for name in ("image_feature_dim", "spatial_softmax_keypoints", "group_norm_group_size", "image_encoder_width"):
+        if not 1 <= getattr(cfg, name) <= MAX_SIZE:
+            raise ValueError(f"{name} must be in 1..{MAX_SIZE}, got {getattr(cfg, name)}")
+    if cfg.image_encoder_width % cfg.group_norm_group_size:
+        raise ValueError(f"image_encoder_width ({cfg.image_encoder_width}) must be a multiple of group_norm_group_size "
+                         f"({cfg.group_norm_group_size})")
+    if cfg.crop_shape is not None:
+        cfg.crop_shape = [int(c) for c in cfg.crop_shape]
+        if len(cfg.crop_shape) != 2 or min(cfg.crop_shape) < 1:
+            raise ValueError(f"crop_shape must be [height, width] or None, got {cfg.crop_shape}")
+        for key, shape in cfg.obs_shapes.items():  # type: ignore[attr-defined]
+            if len(shape) == 3 and (cfg.crop_shape[0] > shape[0] or cfg.crop_shape[1] > shape[1]):
+                raise ValueError(f"crop_shape {cfg.crop_shape} is larger than image {key!r} of shape {shape}")
+
+
+def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = ()) -> None:
     """Normalise and validate what every policy config has (raises ValueError): ``obs_shapes``
-    (low-dim ``(D,)``; with ``allow_images`` also ``(H, W, C)`` images with C in 1 or 3),
-    positive ``action_dim`` / ``horizon`` / ``n_obs_steps`` / ``n_action_steps`` (and the extra
-    names in ``positive``), and a horizon covering To-1+Ta."""
+    (low-dim ``(D,)``; for an :class:`ImageEncoderConfig` also ``(H, W, C)`` images with C in 1
+    or 3, and its encoder fields), positive ``action_dim`` / ``horizon`` / ``n_obs_steps`` /
+    ``n_action_steps`` (and the extra names in ``positive``), and a horizon covering To-1+Ta."""
+    allow_images = isinstance(cfg, ImageEncoderConfig)
     cfg.obs_shapes = {str(k): [int(d) for d in v] for k, v in cfg.obs_shapes.items()}
     if not cfg.obs_shapes:
         raise ValueError("obs_shapes must name at least one observation key")
@@ -132,3 +167,5 @@ def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = (), allow_image
             f"horizon ({cfg.horizon}) must cover n_obs_steps - 1 + n_action_steps "
             f"({cfg.n_obs_steps - 1} + {cfg.n_action_steps}): executed actions start at index To-1"
         )
+    if allow_images:
+        _validate_image_encoder_fields(cfg)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dp_gym.policies.config import PolicyConfig, validate_policy_fields
+from dp_gym.policies.config import ImageEncoderConfig, PolicyConfig, validate_policy_fields
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -22,9 +22,11 @@ MLP_MODEL_SIZES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class MLPPolicyConfig(PolicyConfig):
+class MLPPolicyConfig(PolicyConfig, ImageEncoderConfig):
     """The fields :class:`~dp_gym.policies.bc.config.BCConfig` and
-    :class:`~dp_gym.policies.ibc.config.IBCConfig` share, validated in ``__post_init__``.
+    :class:`~dp_gym.policies.ibc.config.IBCConfig` share, validated in ``__post_init__``. Image
+    observations get the diffusion policy's camera encoder (the
+    :class:`~dp_gym.policies.config.ImageEncoderConfig` fields), trained end to end with the MLP.
 
     Subclasses add only fields with defaults and call ``super().__post_init__()`` first. The chunking
     semantics (``chunked``, ``n_action_steps``, ``horizon``) are described on ``BCConfig``.

@@ -30,13 +30,14 @@ the :func:`~dp_gym.policies.registry.register_policy` decorator on its class.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 from dp_gym.data.normalizer import MinMaxNormalizer
 from dp_gym.policies.config import PolicyConfig
+from dp_gym.policies.vision import ImageObsEncoder
 
 # The paper's AdamW weight decay for its MLP / UNet policies and its image encoder.
 DEFAULT_WEIGHT_DECAY = 1e-6
@@ -101,6 +102,18 @@ class Policy(nn.Module, abc.ABC):
         # Images are scaled to [-1, 1] by their encoder; only low-dim keys get min-max normalisers.
         self.obs_normalizers = nn.ModuleDict({k: MinMaxNormalizer(s[0]) for k, s in config.obs_shapes.items() if len(s) == 1})
         self.action_normalizer = MinMaxNormalizer(config.action_dim)
+        self.image_encoder: ImageObsEncoder | None = None  # built by build_image_encoder
+
+    def build_image_encoder(self) -> None:
+        """Give the policy one camera encoder per image key (when it has any), configured by its
+        :class:`~dp_gym.policies.config.ImageEncoderConfig` fields. Subclasses call it in
+        ``__init__``; where they call it fixes the order their weights are initialised in."""
+        c = self.config
+        if c.image_keys:
+            self.image_encoder = ImageObsEncoder(
+                {k: c.obs_shapes[k] for k in c.image_keys}, crop_shape=c.crop_shape, feature_dim=c.image_feature_dim,
+                num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size, width=c.image_encoder_width,
+            )
 
     # --- what the trainer calls ---------------------------------------------------------------
     @classmethod
@@ -159,6 +172,22 @@ class Policy(nn.Module, abc.ABC):
         """A sampling accelerator in ``mode`` for the sampler settings ``sample_kwargs``
         (``accelerable`` policies); ``predict_chunk(accelerator=...)`` runs with it."""
         raise TypeError(f"{type(self).__name__} has no accelerated sampling path (accelerable = False)")
+
+    def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0,
+                   camera_features: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, To, *shape) per key → (B, To, F) per-step observation features: image features of
+        every camera (all B*To frames in one encoder pass; ``camera_features`` runs the cameras'
+        networks instead when given, see :class:`ImageObsEncoder`), then the normalised low-dim
+        keys, plus Gaussian noise of std ``obs_noise_std`` on those (a training augmentation)."""
+        feats = []
+        if self.image_encoder is not None:
+            images = {k: obs[k].flatten(0, 1) for k in self.config.image_keys}  # (B*To, H, W, C)
+            b, to = obs[self.config.image_keys[0]].shape[:2]
+            feats.append(self.image_encoder(images, camera_features).reshape(b, to, -1))
+        if self.config.lowdim_keys:
+            lowdim = self.normalized_obs(obs)
+            feats.append(lowdim + obs_noise_std * torch.randn_like(lowdim) if obs_noise_std > 0 else lowdim)
+        return torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
 
     def normalized_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, To, D_k) per low-dim key → (B, To, sum D_k), normalised, keys in config order."""

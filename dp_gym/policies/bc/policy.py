@@ -17,9 +17,9 @@ from dp_gym.policies.registry import register_policy
 
 @register_policy("bc")
 class BCPolicy(Policy):
-    """MLP from the flattened normalised (To, F) observation history to the ``n_action_steps``
-    normalised actions starting at the current step. Deterministic: ``predict_chunk`` takes no
-    noise, so the agent draws none for it."""
+    """MLP from the flattened (To, F) observation history (normalised low-dim keys, camera
+    features when the task has images) to the ``n_action_steps`` normalised actions starting at
+    the current step. Deterministic: ``predict_chunk`` takes no noise, so the agent draws none for it."""
 
     config_class = BCConfig
     model_sizes = MLP_MODEL_SIZES
@@ -28,14 +28,11 @@ class BCPolicy(Policy):
         super().__init__(config)
         c = config
         self.net = build_mlp(c.n_obs_steps * c.obs_feature_dim, c.hidden_dims, c.pred_steps * c.action_dim, c.activation, c.dropout)
-
-    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, To, *shape) per key → (B, To * F) flattened normalised history."""
-        return self.normalized_obs(obs).flatten(1)
+        self.build_image_encoder()
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised action predictions, (B, n_action_steps, A)."""
-        out = self.net(self.encode_obs(obs))
+        out = self.net(self.encode_obs(obs).flatten(1))
         return out.view(out.shape[0], self.config.pred_steps, self.config.action_dim)
 
     # --- training -------------------------------------------------------------------------

@@ -5,18 +5,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dp_gym.policies.config import PolicyConfig, validate_policy_fields
+from dp_gym.policies.config import ImageEncoderConfig, PolicyConfig, validate_policy_fields
 from dp_gym.policies.diffusion.scheduler import PREDICTION_TYPES
 
 
 @dataclass
-class DiffusionConfig(PolicyConfig):
+class DiffusionConfig(PolicyConfig, ImageEncoderConfig):
     """Everything needed to rebuild a :class:`DiffusionPolicy` (saved as JSON in checkpoints).
 
     ``obs_shapes`` maps each observation key to its per-step shape. Low-dim keys have shape
     ``(D,)`` and are concatenated in the order given; image keys have shape ``(H, W, C)`` (uint8,
-    as envs return them) and get one ResNet-18 encoder each (see :mod:`dp_gym.policies.vision`),
-    whose ``image_feature_dim`` features join the low-dim ones at every history step. Defaults follow the paper's Push-T setup
+    as envs return them) and get one ResNet-18 encoder each (the fields of
+    :class:`~dp_gym.policies.config.ImageEncoderConfig`). Defaults follow the paper's Push-T setup
     (Tp=16, To=2, Ta=8, 100 DDPM steps, squaredcos_cap_v2, ε-prediction, samples clipped to ±1).
     """
 
@@ -39,15 +39,6 @@ class DiffusionConfig(PolicyConfig):
     p_drop_attn: float = 0.3
     causal_attn: bool = True
     n_cond_layers: int = 0
-    # Image encoder (used when obs_shapes has (H, W, C) keys): random crop in training, centre
-    # crop in eval (paper, Push-T: 84 x 84 from 96 x 96); spatial softmax keypoints → linear.
-    crop_shape: list[int] | None = field(default_factory=lambda: [84, 84])
-    image_feature_dim: int = 64
-    spatial_softmax_keypoints: int = 32
-    group_norm_group_size: int = 16
-    # ResNet-18's stem width (64 as in the paper; stages 1/2/4/8x it). 32 has a quarter of the
-    # encoder's parameters and convolution work: what a CPU training budget affords.
-    image_encoder_width: int = 64
     # Diffusion
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
@@ -63,21 +54,8 @@ class DiffusionConfig(PolicyConfig):
     obs_noise_std: float = 0.0
 
     def __post_init__(self) -> None:
-        validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps", "image_feature_dim",
-                                               "spatial_softmax_keypoints", "group_norm_group_size", "image_encoder_width", "kernel_size",
-                                               "n_groups", "diffusion_step_embed_dim", "n_layer", "n_head", "n_emb"),
-                               allow_images=True)
-        if self.image_encoder_width % self.group_norm_group_size:
-            raise ValueError(f"image_encoder_width ({self.image_encoder_width}) must be a multiple of group_norm_group_size "
-                             f"({self.group_norm_group_size})")
-        if self.crop_shape is not None:
-            self.crop_shape = [int(c) for c in self.crop_shape]
-            if len(self.crop_shape) != 2 or min(self.crop_shape) < 1:
-                raise ValueError(f"crop_shape must be [height, width] or None, got {self.crop_shape}")
-            for key in self.image_keys:
-                h, w, _ = self.obs_shapes[key]
-                if self.crop_shape[0] > h or self.crop_shape[1] > w:
-                    raise ValueError(f"crop_shape {self.crop_shape} is larger than image {key!r} of shape {self.obs_shapes[key]}")
+        validate_policy_fields(self, positive=("num_train_timesteps", "num_inference_steps", "kernel_size",
+                                               "n_groups", "diffusion_step_embed_dim", "n_layer", "n_head", "n_emb"))
         self.down_dims = [int(d) for d in self.down_dims]
         if self.denoiser not in ("unet", "transformer"):
             raise ValueError(f"denoiser must be 'unet' or 'transformer', got {self.denoiser!r}")

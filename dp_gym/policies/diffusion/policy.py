@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,6 @@ from dp_gym.policies.diffusion.scheduler import NoiseScheduler
 from dp_gym.policies.diffusion.unet import ConditionalUnet1D
 from dp_gym.policies.policy import DEFAULT_WEIGHT_DECAY, Policy, check_obs
 from dp_gym.policies.registry import register_policy
-from dp_gym.policies.vision import ImageObsEncoder
 
 
 @register_policy("diffusion")
@@ -56,28 +55,7 @@ class DiffusionPolicy(Policy):
             )
         self.scheduler = NoiseScheduler(c.num_train_timesteps, c.beta_schedule, c.clip_sample, prediction_type=c.prediction_type)
         self.accelerator: SamplingAccelerator | None = None  # see PolicyAgent.accelerate
-        self.image_encoder: ImageObsEncoder | None = None
-        if c.image_keys:
-            self.image_encoder = ImageObsEncoder(
-                {k: c.obs_shapes[k] for k in c.image_keys}, crop_shape=c.crop_shape, feature_dim=c.image_feature_dim,
-                num_keypoints=c.spatial_softmax_keypoints, group_size=c.group_norm_group_size, width=c.image_encoder_width,
-            )
-
-    def encode_obs(self, obs: dict[str, torch.Tensor], obs_noise_std: float = 0.0,
-                   camera_features: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, To, *shape) per key → (B, To, F) conditioning features (computed once per chunk):
-        image features of every camera (all B*To frames in one encoder pass; ``camera_features``
-        runs the cameras' networks instead when given, see :class:`ImageObsEncoder`), then the
-        normalised low-dim keys, plus Gaussian noise of std ``obs_noise_std`` on those (training only)."""
-        feats = []
-        if self.image_encoder is not None:
-            images = {k: obs[k].flatten(0, 1) for k in self.config.image_keys}  # (B*To, H, W, C)
-            b, to = obs[self.config.image_keys[0]].shape[:2]
-            feats.append(self.image_encoder(images, camera_features).reshape(b, to, -1))
-        if self.config.lowdim_keys:
-            lowdim = self.normalized_obs(obs)
-            feats.append(lowdim + obs_noise_std * torch.randn_like(lowdim) if obs_noise_std > 0 else lowdim)
-        return torch.cat(feats, dim=-1) if len(feats) > 1 else feats[0]
+        self.build_image_encoder()
 
     # --- training -------------------------------------------------------------------------
     def optim_groups(self, weight_decay: float | None = None) -> list[dict[str, Any]]:

@@ -105,7 +105,8 @@ def dfo_minimize(
 
 @register_policy("ibc")
 class IBCPolicy(Policy):
-    """Energy MLP over [flattened normalised obs history, flattened normalised action chunk].
+    """Energy MLP over [flattened obs history features, flattened normalised action chunk]; the
+    history features are the normalised low-dim keys and, when the task has images, camera features.
 
     The first layer acts on the concatenation; it is split into an observation part (computed once
     per observation) and an action part (computed per candidate), which is the same linear map.
@@ -126,14 +127,11 @@ class IBCPolicy(Policy):
             head.append(nn.Dropout(c.dropout))
         head.append(build_mlp(h0, c.hidden_dims[1:], 1, c.activation, c.dropout))
         self.head = nn.Sequential(*head)
+        self.build_image_encoder()
 
     @property
     def action_shape(self) -> tuple[int, int]:
         return (self.config.pred_steps, self.config.action_dim)
-
-    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, To, *shape) per key → (B, To * F) flattened normalised history."""
-        return self.normalized_obs(obs).flatten(1)
 
     def energy(self, obs_feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """E(o, a): obs_feat (B, To*F), normalised candidate actions (B, S, Ta, A) or (B, S, Ta*A)
@@ -147,7 +145,7 @@ class IBCPolicy(Policy):
         """InfoNCE: the demonstrated action among ``n_counter_examples`` uniform counter-examples in
         [-1, 1], at a random position; cross-entropy on logits -E."""
         c = self.config
-        obs_feat = self.encode_obs({k: batch[k][:, : c.n_obs_steps] for k in c.obs_shapes})
+        obs_feat = self.encode_obs({k: batch[k][:, : c.n_obs_steps] for k in c.obs_shapes}).flatten(1)
         pos = self.action_normalizer.normalize(action_window(batch["action"], c.n_obs_steps, c.pred_steps)).flatten(1)
         B, D = pos.shape
         N = c.n_counter_examples
@@ -191,7 +189,7 @@ class IBCPolicy(Policy):
         Randomness from ``noise`` (B, *noise_shape(...)) when given, else from ``generator``;
         the DFO settings (``n_samples`` ... ``select``) default to the config's."""
         check_obs(obs, self.config.obs_shapes, self.config.n_obs_steps)
-        obs_feat = self.encode_obs(obs)
+        obs_feat = self.encode_obs(obs).flatten(1)  # once per observation, not per candidate
         best = dfo_minimize(
             lambda a: self.energy(obs_feat, a), obs_feat.shape[0], self.action_shape,
             generator=generator, noise=noise, device=obs_feat.device, dtype=obs_feat.dtype,
