@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from dp_gym.perf import build_policy, interleaved_ms, random_obs
-from dp_gym.policies.diffusion.accelerate import OnnxTrunk, SamplingAccelerator, _export_form, _TrunkModule
+from dp_gym.perf import interleaved_ms, trunk_inputs
+from dp_gym.policies.diffusion.accelerate import OnnxTrunk, _export_form, _TrunkModule
 
 
 def main() -> None:
@@ -24,13 +24,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.freeze:
         torch._inductor.config.freezing = True
-    policy = build_policy("lowdim", args.size, torch.device("cpu")).eval()
-    obs = random_obs(policy, args.batch, torch.device("cpu"))
-    acc = SamplingAccelerator(policy, "onnx")
-    with torch.inference_mode():
-        cond = acc.encode_obs(policy, obs)
-        c = policy.denoiser.condition(acc.loop.step_ids[:1].expand(args.batch), cond)
-    x = torch.randn(args.batch, policy.config.horizon, 2)
+    policy, x, c = trunk_inputs(args.size, args.batch)
     ort = OnnxTrunk(policy.denoiser, tuple(x.shape[1:]), tuple(c.shape[1:]))
     module = _TrunkModule(_export_form(policy.denoiser, tuple(x.shape[1:]))).eval()
     compiled = torch.compile(module, dynamic=False)

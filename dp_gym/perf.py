@@ -121,6 +121,18 @@ def random_obs(policy, batch: int, device: torch.device, seed: int = 0) -> dict[
     return {k: v.to(device) for k, v in obs.items()}
 
 
+def trunk_inputs(size: str, batch: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """A random-weight low-dim policy of UNet ``size`` on CPU and the inputs of one trunk pass
+    at ``batch``: noisy actions x (B, Tp, 2) and the first DDIM-10 step's FiLM conditioning c, as
+    the default sampling path computes it (for the trunk-only runtime comparisons in benchmarks/)."""
+    policy = build_policy("lowdim", size, torch.device("cpu")).eval()
+    obs = random_obs(policy, batch, torch.device("cpu"))
+    acc = SamplingAccelerator(policy, "onnx")
+    with torch.inference_mode():
+        c = policy.denoiser.condition(acc.loop.step_ids[:1].expand(batch), acc.encode_obs(policy, obs))
+    return policy, torch.randn(batch, policy.config.horizon, 2), c
+
+
 def interleaved_ms(fns: dict[Any, Any], device: torch.device, repeats: int, warmup: int) -> dict[Any, float]:
     """Median wall time (ms) of each callable, the calls interleaved round-robin, after
     ``warmup`` rounds; CUDA is synchronised around each call."""
