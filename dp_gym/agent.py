@@ -71,7 +71,7 @@ class PolicyAgent:
         self.n_replans = 0  # total chunks sampled (for latency statistics)
         # The sampling accelerator of the latest chunk (its active_mode / fallback_reason say how
         # it ran). Unless accelerate() set one, it is built per sampler setting in the default
-        # mode (ONNX Runtime on CPU; $DP_GYM_ACCELERATE overrides it).
+        # mode (OpenVINO on CPU, else ONNX Runtime; $DP_GYM_ACCELERATE overrides it).
         self.accelerator = None
         self._default_accelerators: dict[tuple, Any] = {}
 
@@ -102,8 +102,8 @@ class PolicyAgent:
 
     def accelerate(self, mode: str = "cuda_graph", autocast: str = "no"):
         """Run an ``accelerable`` policy's sampling loop (the diffusion policy's denoising loop)
-        compiled (``"compile"``), captured as one CUDA graph (``"cuda_graph"``), in ONNX Runtime
-        (``"onnx"``, the CPU default) or plain (``"eager"``), optionally under ``autocast``
+        compiled (``"compile"``), captured as one CUDA graph (``"cuda_graph"``), in OpenVINO
+        (``"openvino"``, the CPU default) or ONNX Runtime (``"onnx"``) or plain (``"eager"``), optionally under ``autocast``
         ("bf16" | "fp16"), for the sampler in :attr:`sample_kwargs` (set those first). Falls back
         to eager when the mode is unavailable; returns the accelerator (for the diffusion policy a
         :class:`~dp_gym.policies.diffusion.accelerate.SamplingAccelerator`; see its
@@ -278,7 +278,7 @@ class PolicyAgent:
 
     def _check_range(self, batch: dict[str, torch.Tensor], env_ids: list[int]) -> None:
         """Refuse low-dim observations absurdly far outside the training data: float32 networks
-        overflow on them, and ONNX Runtime's clip turns the resulting NaN into finite but
+        overflow on them, and a runtime's clip may turn the resulting NaN into finite but
         meaningless actions, so the output check alone cannot catch them."""
         for key, normalizer in self.policy.obs_normalizers.items():
             z = normalizer.normalize(batch[key].float()).abs().flatten(1).amax(1)

@@ -28,6 +28,7 @@ import torch
 from dp_gym.agent import PolicyAgent
 from dp_gym.checkpoint import atomic_write, atomic_write_json, atomic_write_bytes, load_policy
 from dp_gym.evaluation import evaluate_agent
+from dp_gym.policies.diffusion.accelerate import MODES
 from dp_gym.tasks import Task, get_task, task_names
 from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
 
@@ -51,8 +52,8 @@ class BenchmarkConfig:
     noise_scale: float | None = option(None, "diffusion only: scale the sampling noise (temperature; 1 = as trained, "
                                        "0 = DDIM from x_T = 0 / DDPM without per-step noise)")
     accelerate: str = option("auto", "diffusion only: how the denoising loop runs; auto: the agent's default "
-                             "(ONNX Runtime on CPU); falls back to eager with the reason",
-                             choices=("auto", "eager", "compile", "cuda_graph", "onnx"))
+                             "(OpenVINO on CPU, else ONNX Runtime); falls back with the reason",
+                             choices=("auto", *MODES))
     autocast: str = option("no", "diffusion only: autocast dtype", choices=("no", "bf16", "fp16"))
     deterministic: bool = option(True, "reproducible sampling noise (per seed)", invert="--stochastic")
     videos: int = option(3, "record videos of the first N episodes per policy")

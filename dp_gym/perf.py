@@ -13,7 +13,7 @@ them alike), the median over ``--repeats`` (after ``--warmup``) of:
   for each ``--samplers``, in every ``--modes`` x ``--autocast`` variant: ``per_step`` (the full
   denoiser, conditioning included, at every step: the textbook loop), ``eager`` (plain float32,
   conditioning computed once per chunk: the reference every ratio and action difference is taken
-  against), ``onnx`` (the CPU default), ``compile``, ``cuda_graph``. The first call's time
+  against), ``openvino`` (the CPU default), ``onnx``, ``compile``, ``cuda_graph``. The first call's time
   (export / compilation / capture) is reported separately. The action difference is the max abs
   difference from eager float32 for the same noise, in normalised action units (range [-1, 1]);
 * training samples/s at ``--train-batch``: ``plain`` (AdamW's default implementation, loss read
@@ -42,7 +42,7 @@ import torch
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
-from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, SamplingAccelerator, per_step_loop
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, RUNTIMES, SamplingAccelerator, per_step_loop
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
 
@@ -54,7 +54,7 @@ class PerfConfig:
     kinds: str = option("lowdim,image", "comma list of policy kinds: lowdim, image")
     sizes: str = option("small,paper", "comma list of model sizes: small, medium, paper")
     samplers: str = option("ddpm:100,ddim:10", "comma list of sampler:steps")
-    modes: str = option("per_step,eager,onnx", "comma list of per_step | eager | onnx | compile | cuda_graph "
+    modes: str = option("per_step,eager,onnx,openvino", "comma list of per_step | eager | onnx | openvino | compile | cuda_graph "
                         "(per_step: the whole denoiser at every step, the reference the others are compared with)")
     autocast: str = option("no", "comma list of no | bf16 | fp16")
     n_envs: int = option(10, "batch size of the batched predict and env measurements")
@@ -161,7 +161,7 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
     rows = []
     modes = [m for m in cfg.modes.split(",") if m]
     autocasts = [a for a in cfg.autocast.split(",") if a]
-    variants = [(m, a) for m in modes for a in (["no"] if m in ("per_step", "onnx") else autocasts)]
+    variants = [(m, a) for m in modes for a in (["no"] if m in ("per_step", *RUNTIMES) else autocasts)]
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
             policy = build_policy(kind, size, device).eval()

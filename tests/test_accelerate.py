@@ -140,11 +140,12 @@ def test_perf_harness_compares_every_variant_with_eager(tmp_path):
     from dp_gym.perf import PerfConfig, run
 
     pytest.importorskip("onnxruntime")
-    cfg = PerfConfig(kinds="lowdim", sizes="small", samplers="ddim:2", modes="per_step,eager,onnx", repeats=2, warmup=0,
+    pytest.importorskip("openvino")
+    cfg = PerfConfig(kinds="lowdim", sizes="small", samplers="ddim:2", modes="per_step,eager,onnx,openvino", repeats=2, warmup=0,
                      n_envs=2, train_batch=4, train_steps=2, env_steps=3, out_dir=str(tmp_path))
     res = run(cfg, command="test")
     rows = {(r["batch"], r["mode"]): r for r in res["predict"]}
-    assert set(rows) == {(b, m) for b in (1, 2) for m in ("per_step", "eager", "onnx")}
+    assert set(rows) == {(b, m) for b in (1, 2) for m in ("per_step", "eager", "onnx", "openvino")}
     for (b, mode), r in rows.items():
         assert r["active_mode"] == mode and r["ms_per_chunk"] > 0 and r["first_call_ms"] > 0
         assert r["speedup_vs_eager"] == pytest.approx(rows[(b, "eager")]["ms_per_chunk"] / r["ms_per_chunk"])

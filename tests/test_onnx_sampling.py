@@ -1,6 +1,7 @@
-"""The default CPU sampling path (denoiser trunk in ONNX Runtime, conditioning precomputed for all
-steps) gives the eager path's actions for the same noise, caches its export, and falls back to
-eager with the reason reported when it cannot run."""
+"""The CPU sampling paths (denoiser trunk exported to ONNX and run by OpenVINO, the default, or by
+ONNX Runtime; conditioning precomputed for all steps) give the eager path's actions for the same
+noise, cache their export, and fall back (OpenVINO → ONNX Runtime → eager) with the reason
+reported when they cannot run."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.policy import DiffusionPolicy
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("openvino")
 TOL = 1e-3  # of the action range
 
 
@@ -59,40 +61,42 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("mode", ["openvino", "onnx"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("ddpm", 20)])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_onnx_matches_eager_for_the_same_noise(case, sampler, steps, batch):
+def test_runtimes_match_eager_for_the_same_noise(mode, case, sampler, steps, batch):
     p = make_policy(**CASES[case])
     obs = make_obs(p, batch)
     noise = torch.randn(batch, *p.noise_shape(steps, sampler), generator=torch.Generator().manual_seed(3))
     ref = per_step_reference(p, obs, noise, sampler, steps)
     eager = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps)
-    acc = SamplingAccelerator(p, "onnx", sampler=sampler, num_inference_steps=steps)
+    acc = SamplingAccelerator(p, mode, sampler=sampler, num_inference_steps=steps)
     out = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)
-    assert acc.active_mode == "onnx" and acc.fallback_reason is None and acc.onnx_trunk is not None
+    assert acc.active_mode == mode and acc.fallback_reason is None and acc.onnx_trunk is not None
+    assert acc.onnx_trunk.runtime == accel.RUNTIMES[mode]
     assert sorted(acc.onnx_cameras) == sorted(p.config.image_keys)  # image encoders run in the runtime too
     assert rel_err(p, eager, ref) < 1e-5  # precomputing the conditioning changes only rounding
     assert rel_err(p, out, ref) < TOL
     assert not torch.equal(out, p.sample_actions(obs, noise=noise + 1, sampler=sampler, num_inference_steps=steps, accelerator=acc))
 
 
-def test_agent_default_is_onnx_on_cpu_and_env_var_forces_eager(monkeypatch):
+def test_agent_default_is_openvino_on_cpu_and_env_var_forces_eager(monkeypatch):
     monkeypatch.delenv("DP_GYM_ACCELERATE", raising=False)
-    assert default_mode("cpu") == "onnx" and default_mode("cuda") == "eager"
+    assert default_mode("cpu") == "openvino" and default_mode("cuda") == "eager"
     p = make_policy()
     obs = np.random.default_rng(0).uniform(0, 500, size=(4, 5)).astype(np.float32)
     fast = DiffusionAgent(p)
     a, _ = fast.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
-    assert fast.accelerator.active_mode == "onnx"
+    assert fast.accelerator.active_mode == "openvino"
     monkeypatch.setenv("DP_GYM_ACCELERATE", "eager")
     plain = DiffusionAgent(p)
     b, _ = plain.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
     assert plain.accelerator.active_mode == "eager"
     assert np.abs(a - b).max() / 500 < TOL and not np.array_equal(a, np.zeros_like(a))
-    plain.accelerate("onnx")  # an explicit mode wins over the default
+    plain.accelerate("openvino")  # an explicit mode wins over the default
     c, _ = plain.predict(obs, episode_start=np.ones(4, bool), deterministic=True)
-    assert plain.accelerator.active_mode == "onnx"
+    assert plain.accelerator.active_mode == "openvino"
     np.testing.assert_array_equal(a, c)
     p.accelerator = None
     monkeypatch.setenv("DP_GYM_ACCELERATE", "fast")
@@ -131,6 +135,34 @@ def test_missing_runtime_falls_back_to_eager_with_reason(monkeypatch):
         acc = SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10)
     assert acc.active_mode == "eager" and "onnxruntime" in acc.fallback_reason
     assert torch.equal(p.sample_actions(obs, noise=noise, accelerator=acc), p.sample_actions(obs, noise=noise))
+
+
+def test_missing_or_failing_openvino_falls_back_to_onnx_runtime(monkeypatch):
+    p = make_policy()
+    obs = make_obs(p, 2)
+    noise = torch.randn(2, *p.noise_shape())
+    ort = p.sample_actions(obs, noise=noise, accelerator=SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "openvino", None)  # import fails
+        with pytest.warns(RuntimeWarning, match="'openvino' falls back to onnx: openvino is not installed"):
+            acc = SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10)
+        assert acc.active_mode == "onnx"
+        assert torch.equal(p.sample_actions(obs, noise=noise, accelerator=acc), ort)
+        m.setitem(sys.modules, "onnxruntime", None)  # neither runtime: eager
+        with pytest.warns(RuntimeWarning, match="'openvino' falls back to eager: openvino is not installed"):
+            acc = SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10)
+        assert acc.active_mode == "eager"
+
+    def broken(*a, **k):
+        raise RuntimeError("CPU plugin cannot compile node foo")
+
+    monkeypatch.setattr(accel._OpenVinoSession, "__init__", broken)
+    monkeypatch.setattr(accel.OnnxModel, "_sessions", type(accel.OnnxModel._sessions)())
+    acc = SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10)
+    with pytest.warns(RuntimeWarning, match=r"falls back to onnx: ONNX export or run failed \(openvino\).*node foo"):
+        out = p.sample_actions(obs, noise=noise, accelerator=acc)
+    assert acc.active_mode == "onnx" and acc.onnx_trunk.runtime == "onnxruntime"
+    assert torch.equal(out, ort)
 
 
 def test_failed_export_falls_back_to_eager_with_reason(tmp_path, monkeypatch):

@@ -5,20 +5,24 @@ conditioning (diffusion-step embedding, FiLM scale/bias or the transformer's mem
 on (step, observation), so the loop computes it for all K steps in one batched call and then runs
 only the denoiser's trunk per step. Modes:
 
-* ``"onnx"`` (the CPU default of :class:`~dp_gym.agent.PolicyAgent`): the trunk runs in ONNX
-  Runtime. The UNet is exported time-major (:class:`_TimeMajorUnet`: activations (B, T, C)
-  throughout, each convolution a constant 0/1 gather plus one GEMM, GroupNorm the runtime's fused
-  LayerNorm), where PyTorch runs these small 1-D convolutions through its im2col fallback one
-  sample at a time and a plain export spends most of its time in transposes, pads and slices
-  (``benchmarks/results/perf_cpu`` has the measured speed-ups); the scheduler steps stay in
+* ``"openvino"`` (the CPU default of :class:`~dp_gym.agent.PolicyAgent`) and ``"onnx"``: the
+  trunk runs in OpenVINO's CPU plugin or in ONNX Runtime, from the same exported ONNX model. The
+  UNet is exported time-major (:class:`_TimeMajorUnet`: activations (B, T, C) throughout, each
+  convolution a constant 0/1 gather plus one GEMM, GroupNorm a fused LayerNorm), where PyTorch
+  runs these small 1-D convolutions through its im2col fallback one sample at a time and a plain
+  export spends most of its time in transposes, pads and slices; an image policy's camera
+  networks run there too. OpenVINO fuses the many small elementwise nodes (GroupNorm, Mish, FiLM,
+  residuals) into its kernels, which ONNX Runtime runs one by one: 1.1-1.25x faster per chunk
+  (``benchmarks/results/perf_cpu`` has the measured speed-ups). The scheduler steps stay in
   PyTorch. The trunk is exported at first use (about a second for the small UNet) and cached on
-  disk (see :func:`cache_dir`), keyed by a hash of weights, architecture, input shape and library
-  versions;
+  disk (see :func:`cache_dir`), keyed by a hash of weights, architecture, input shape and torch
+  version; ``"openvino"`` falls back to ``"onnx"`` when OpenVINO is missing or fails;
 * ``"compile"`` (``torch.compile``) and ``"cuda_graph"`` (the loop captured as one CUDA graph and
   replayed: on a GPU the eager loop is bound by kernel-launch overhead);
 * ``"eager"``: plain PyTorch, the reference.
 
-Optionally the encoder and loop run under bf16/fp16 autocast (not with ``"onnx"``). Every
+Optionally the encoder and loop run under bf16/fp16 autocast (not with the runtimes, which run
+float32). Every
 accelerated mode falls back to the eager loop (with the reason in
 :attr:`SamplingAccelerator.fallback_reason` and a one-line warning) when it is unavailable or
 fails, so the same code runs everywhere. ``$DP_GYM_ACCELERATE`` overrides the agent's default mode
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import io
 import os
 import warnings
@@ -43,7 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("eager", "compile", "cuda_graph", "onnx")
+MODES = ("eager", "compile", "cuda_graph", "onnx", "openvino")
+# The modes that run exported ONNX models, and the runtime each uses.
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACCELERATE_ENV = "DP_GYM_ACCELERATE"
 CACHE_ENV = "DP_GYM_CACHE_DIR"
@@ -54,13 +61,23 @@ ONNX_SESSIONS_KEEP = 6  # runtime sessions kept in memory, one per (model, batch
 
 def default_mode(device: torch.device | str) -> str:
     """The sampling mode an agent uses unless told otherwise: ``$DP_GYM_ACCELERATE`` when set,
-    else ``"onnx"`` on CPU and ``"eager"`` elsewhere."""
+    else ``"openvino"`` on CPU (which itself falls back to ``"onnx"``, then ``"eager"``) and
+    ``"eager"`` elsewhere."""
     env = os.environ.get(ACCELERATE_ENV, "").strip()
     if env:
         if env not in MODES:
             raise ValueError(f"${ACCELERATE_ENV} must be one of {MODES}, got {env!r}")
         return env
-    return "onnx" if torch.device(device).type == "cpu" else "eager"
+    return "openvino" if torch.device(device).type == "cpu" else "eager"
+
+
+def _importable(module: str) -> str | None:
+    """None when ``module`` imports, else why not."""
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError as e:
+        return f"{module} is not installed ({e})"
 
 
 def cache_dir() -> Path:
@@ -297,7 +314,7 @@ class _CameraFeatures(nn.Module):
 
 
 class OnnxModel:
-    """A module's forward run by ONNX Runtime on CPU, its inputs named by ``sample_shapes``
+    """A module's forward run on CPU by ONNX Runtime or OpenVINO (``runtime``), its inputs named by ``sample_shapes``
     (name → per-sample shape, in argument order), every input and the output batched along dim 0.
 
     The model is exported once (TorchScript-based ``torch.onnx.export``, dynamic batch axis) and
@@ -313,13 +330,14 @@ class OnnxModel:
     """
 
     _models: "OrderedDict[str, bytes]" = OrderedDict()  # in-process: key → ONNX bytes
-    _sessions: "OrderedDict[tuple[str, int, int], Any]" = OrderedDict()  # (key, batch, threads) → session
+    _sessions: "OrderedDict[tuple[str, int, int, str], Any]" = OrderedDict()  # (key, batch, threads, runtime) → session
 
-    def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]]) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], runtime: str = "onnxruntime") -> None:
+        if runtime not in RUNTIMES.values():
+            raise ValueError(f"runtime must be one of {tuple(RUNTIMES.values())}, got {runtime!r}")
+        self.runtime = runtime
         self.input_names = list(sample_shapes)
-        self.key = self.cache_key(module, sample_shapes, ort.__version__)
+        self.key = self.cache_key(module, sample_shapes)
         self.path = cache_dir() / "onnx" / f"{self.key}.onnx"
         self.exported = False  # True when this construction exported (cache miss)
         if self.key not in self._models:
@@ -329,9 +347,11 @@ class OnnxModel:
         self.model = self._models[self.key]
 
     @staticmethod
-    def cache_key(module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], ort_version: str) -> str:
+    def cache_key(module: nn.Module, sample_shapes: dict[str, tuple[int, ...]]) -> str:
+        """The exported model's name: a hash of what the export depends on (not of the runtime
+        that reads it: the file is the same for both)."""
         h = hashlib.sha256()
-        h.update(repr((ONNX_EXPORT_VERSION, torch.__version__, ort_version, type(module).__qualname__, repr(module),
+        h.update(repr((ONNX_EXPORT_VERSION, torch.__version__, type(module).__qualname__, repr(module),
                        [(k, tuple(v)) for k, v in sample_shapes.items()])).encode())
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             t = t.detach().cpu().contiguous()
@@ -343,7 +363,7 @@ class OnnxModel:
         if self.path.is_file():
             try:
                 model = self.path.read_bytes()
-                self._session(model, 1, 1)  # validates the file
+                self._session(model, 1, 1, self.runtime)  # validates the file
                 os.utime(self.path)  # most recently used
                 return model
             except Exception as e:  # noqa: BLE001 - unreadable cache entry: export again
@@ -363,7 +383,10 @@ class OnnxModel:
         return model
 
     @staticmethod
-    def _session(model: bytes, batch: int, threads: int):
+    def _session(model: bytes, batch: int, threads: int, runtime: str):
+        """A callable session for one batch size: ``run(None, {name: array}) -> [output]``."""
+        if runtime == "openvino":
+            return _OpenVinoSession(model, batch, threads)
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -395,31 +418,53 @@ class OnnxModel:
         return f.getvalue()
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = (self.key, inputs[0].shape[0], torch.get_num_threads())
+        key = (self.key, inputs[0].shape[0], torch.get_num_threads(), self.runtime)
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = self._session(self.model, key[1], key[2])
+            session = self._sessions[key] = self._session(self.model, key[1], key[2], self.runtime)
             while len(self._sessions) > ONNX_SESSIONS_KEEP:
                 self._sessions.popitem(last=False)
         out = session.run(None, {k: t.contiguous().numpy() for k, t in zip(self.input_names, inputs)})[0]
         return torch.from_numpy(out)
 
 
+class _OpenVinoSession:
+    """An ONNX model compiled by OpenVINO's CPU plugin for one batch size, with the interface of an
+    ONNX Runtime session's ``run``. Float32 inference is asked for explicitly (on CPUs with bf16
+    units the plugin would otherwise run in bf16); ``threads`` inference threads, one stream."""
+
+    _core: Any = None  # one openvino.Core per process
+
+    def __init__(self, model: bytes, batch: int, threads: int) -> None:
+        import openvino as ov
+
+        if _OpenVinoSession._core is None:
+            _OpenVinoSession._core = ov.Core()
+        net = self._core.read_model(io.BytesIO(model))
+        net.reshape({i.get_any_name(): [batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        self._request = self._core.compile_model(net, "CPU", config).create_infer_request()
+
+    def run(self, _output_names: Any, feeds: dict[str, Any]) -> list[Any]:
+        self._request.infer(feeds)
+        return [self._request.get_output_tensor(0).data.copy()]  # the request reuses its output buffer
+
+
 class OnnxTrunk(OnnxModel):
-    """A denoiser's trunk (:meth:`denoise`) in ONNX Runtime, exported in its faster form
+    """A denoiser's trunk (:meth:`denoise`) in an ONNX runtime, exported in its faster form
     (:func:`_export_form`); the sampler settings are not part of the model, the scheduler runs
     outside the graph."""
 
-    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...]) -> None:
-        super().__init__(_TrunkModule(_export_form(denoiser, tuple(x_shape))), {"x": tuple(x_shape), "c": tuple(c_shape)})
+    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...], runtime: str = "onnxruntime") -> None:
+        super().__init__(_TrunkModule(_export_form(denoiser, tuple(x_shape))), {"x": tuple(x_shape), "c": tuple(c_shape)}, runtime)
 
 
 class SamplingAccelerator:
-    """Runs a policy's denoising loop in ``mode`` ("eager" | "compile" | "cuda_graph" | "onnx")
-    with optional ``autocast`` ("no" | "bf16" | "fp16"; "no" only with "onnx"). CUDA graphs are
-    captured once per batch size (static input buffers, warm-up on a side stream); ``compile``
-    uses ``reduce-overhead`` on CUDA; ``onnx`` exports (or loads from the cache) at the first
-    call, for the weights the policy has then: build a new accelerator after changing them.
+    """Runs a policy's denoising loop in ``mode`` ("eager" | "compile" | "cuda_graph" | "onnx" |
+    "openvino") with optional ``autocast`` ("no" | "bf16" | "fp16"; "no" only with the runtimes).
+    CUDA graphs are captured once per batch size (static input buffers, warm-up on a side stream);
+    ``compile`` uses ``reduce-overhead`` on CUDA; ``onnx`` / ``openvino`` export (or load from the
+    cache) at the first call, for the weights the policy has then: build a new accelerator after changing them.
     :attr:`active_mode` says what actually runs."""
 
     def __init__(self, policy: nn.Module, mode: str = "eager", autocast: str = "no", sampler: str | None = None,
@@ -440,19 +485,16 @@ class SamplingAccelerator:
         self._compiled: Callable | None = None
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._compile_kwargs = compile_kwargs or {}
-        if mode == "onnx" and autocast != "no":
-            raise ValueError(f"the onnx mode runs float32; autocast must be 'no', got {autocast!r}")
+        if mode in RUNTIMES and autocast != "no":
+            raise ValueError(f"the {mode} mode runs float32; autocast must be 'no', got {autocast!r}")
         self.onnx_trunk: OnnxTrunk | None = None
         self.onnx_cameras: dict[str, OnnxModel] = {}
         if mode == "cuda_graph" and self.device.type != "cuda":
             self._fall_back(f"CUDA graphs need a CUDA device, the policy is on {self.device}")
-        elif mode == "onnx" and self.device.type != "cpu":
-            self._fall_back(f"the onnx mode runs on CPU, the policy is on {self.device}")
-        elif mode == "onnx":
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError as e:
-                self._fall_back(f"onnxruntime is not installed ({e})")
+        elif mode in RUNTIMES and self.device.type != "cpu":
+            self._fall_back(f"the {mode} mode runs on CPU, the policy is on {self.device}", to="eager")
+        elif mode in RUNTIMES and (missing := _importable(RUNTIMES[mode])):
+            self._fall_back(missing)
         elif mode == "compile":
             try:
                 kw = {"mode": "reduce-overhead" if self.device.type == "cuda" else "default", "dynamic": False}
@@ -461,26 +503,32 @@ class SamplingAccelerator:
             except Exception as e:  # noqa: BLE001 - any failure to set up compile means eager
                 self._fall_back(f"torch.compile unavailable: {type(e).__name__}: {e}")
 
-    def _fall_back(self, reason: str) -> None:
-        self.active_mode, self.fallback_reason = "eager", reason
-        warnings.warn(f"sampling accelerator '{self.requested_mode}' falls back to eager: {reason}", RuntimeWarning, stacklevel=3)
+    def _fall_back(self, reason: str, to: str | None = None) -> None:
+        """Run mode ``to`` instead, by default the next one down (OpenVINO → ONNX Runtime when that
+        imports; anything else → eager), keeping the reason and warning once."""
+        if to is None:
+            to = "onnx" if self.active_mode == "openvino" and _importable("onnxruntime") is None else "eager"
+        self.active_mode, self.fallback_reason = to, reason
+        self.onnx_trunk, self.onnx_cameras = None, {}
+        warnings.warn(f"sampling accelerator '{self.requested_mode}' falls back to {to}: {reason}", RuntimeWarning, stacklevel=3)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def encode_obs(self, policy: nn.Module, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``policy.encode_obs(obs)`` the way this accelerator runs: in the ``onnx`` mode each
-        camera's network (after its preprocessing) runs in ONNX Runtime, exported at the first
-        call for the weights the policy has then; otherwise under the accelerator's autocast."""
-        if self.active_mode == "onnx" and policy.image_encoder is not None:
+        """``policy.encode_obs(obs)`` the way this accelerator runs: in the runtime modes each
+        camera's network (after its preprocessing) runs in the runtime, exported at the first call
+        for the weights the policy has then; otherwise under the accelerator's autocast."""
+        while self.active_mode in RUNTIMES and policy.image_encoder is not None:  # each failure moves one mode down
             try:
                 if not self.onnx_cameras:
                     for key, cam in policy.image_encoder.cameras.items():
                         h, w = cam.crop_shape
-                        self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)})
+                        self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)}, RUNTIMES[self.active_mode])
                 return policy.encode_obs(obs, camera_features=lambda key, x: self.onnx_cameras[key](x))
             except Exception as e:  # noqa: BLE001 - e.g. an op the exporter or runtime does not support
-                self._fall_back(f"ONNX export or run of the image encoder failed: {type(e).__name__}: {str(e)[:200]}")
+                self._fall_back(f"ONNX export or run of the image encoder failed ({RUNTIMES[self.active_mode]}): "
+                                f"{type(e).__name__}: {str(e)[:200]}")
         with self.autocast():
             return policy.encode_obs(obs)
 
@@ -488,15 +536,15 @@ class SamplingAccelerator:
         return sampler == self.sampler and num_inference_steps == self.num_inference_steps
 
     def __call__(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        if self.active_mode == "onnx":
+        while self.active_mode in RUNTIMES:  # each failure moves one mode down
             try:
                 if self.onnx_trunk is None:
                     c = self.loop.denoiser.condition(self.loop.step_ids[:1], cond[:1])
-                    self.onnx_trunk = OnnxTrunk(self.loop.denoiser, tuple(noise.shape[2:]), tuple(c.shape[1:]))
+                    self.onnx_trunk = OnnxTrunk(self.loop.denoiser, tuple(noise.shape[2:]), tuple(c.shape[1:]), RUNTIMES[self.active_mode])
                 self.loop.trunk = self.onnx_trunk
                 return self.loop(cond, noise).float()
             except Exception as e:  # noqa: BLE001 - e.g. an op the exporter or runtime does not support
-                self._fall_back(f"ONNX export or run failed: {type(e).__name__}: {str(e)[:200]}")
+                self._fall_back(f"ONNX export or run failed ({RUNTIMES[self.active_mode]}): {type(e).__name__}: {str(e)[:200]}")
             finally:
                 self.loop.trunk = None
         if self.active_mode == "compile" and self._compiled is not None:
