@@ -306,3 +306,15 @@ def test_coverage_computed_once_per_step_and_equal_to_gym_pusht(monkeypatch):
         assert info["coverage"] == pusht_mod._GymPushTEnv._get_coverage(env)
         assert reward == np.clip(info["coverage"] / 0.95, 0, 1)
     assert block_moved and any(b is env.block for b in built)
+
+
+def test_pixel_observations_equal_gym_pusht_rendering():
+    env = PushTEnv(obs_type="pixels_agent_pos", render_mode="rgb_array")
+    obs, _ = env.reset(seed=5)
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        reference = env._get_img(env._draw(), width=96, height=96)  # gym-pusht's own canvas copy + resize
+        assert obs["pixels"].dtype == np.uint8 and np.array_equal(obs["pixels"], reference), i
+        obs, *_ = env.step(rng.uniform(150, 350, size=2))
+    frame = env.render()  # videos keep gym-pusht's drawing of the commanded position
+    assert np.array_equal(frame, env._get_img(env._draw(), width=env.render_size, height=env.render_size, render_action=True))

@@ -40,6 +40,8 @@ with warnings.catch_warnings():
     # pygame (imported by gym_pusht) warns about pkg_resources on import.
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", UserWarning)
+    import cv2
+    import pygame
     from gym_pusht.envs.pusht import PushTEnv as _GymPushTEnv
     from gym_pusht.envs.pusht import pymunk_to_shapely
 
@@ -235,7 +237,13 @@ class PushTEnv(_GymPushTEnv):
     def _render_image(self, size: int, render_action: bool) -> np.ndarray:
         # gym-pusht's drawing = the paper's: white 512x512 pygame canvas, goal T in LightGreen,
         # then pymunk debug draw of walls, agent and block; cv2.resize (bilinear) to size x size.
-        return self._get_img(self._draw(), width=size, height=size, render_action=render_action)
+        screen = self._draw()
+        if render_action:  # videos: gym-pusht also draws the commanded position
+            return self._get_img(screen, width=size, height=size, render_action=True)
+        # The same pixels as gym-pusht's _get_img: it copies the canvas through a strided
+        # (x, y) view (~1.3 ms at 512x512); the canvas's row-major bytes take ~0.1 ms.
+        canvas = np.frombuffer(pygame.image.tobytes(screen, "RGB"), np.uint8).reshape(screen.get_height(), screen.get_width(), 3)
+        return cv2.resize(canvas, (size, size))
 
     def get_obs(self) -> np.ndarray | dict[str, np.ndarray]:
         state = self._state()
