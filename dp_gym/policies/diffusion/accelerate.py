@@ -446,7 +446,9 @@ class _OpenVinoSession:
         self._request = self._core.compile_model(net, "CPU", config).create_infer_request()
 
     def run(self, _output_names: Any, feeds: dict[str, Any]) -> list[Any]:
-        self._request.infer(feeds)
+        # share_inputs: the request reads the (contiguous float32) arrays in place instead of
+        # converting them (~50 µs per call, 5% of a small-UNet trunk pass at batch 1).
+        self._request.infer(feeds, share_inputs=True)
         return [self._request.get_output_tensor(0).data.copy()]  # the request reuses its output buffer
 
 
