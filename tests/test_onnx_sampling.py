@@ -247,3 +247,23 @@ def test_failed_image_encoder_export_falls_back_to_eager_with_reason(tmp_path, m
         out = p.sample_actions(obs, noise=noise, accelerator=acc)
     assert acc.active_mode == "eager"
     assert torch.equal(out, p.sample_actions(obs, noise=noise))
+
+
+def test_sessions_of_every_batch_size_an_agent_meets_are_kept(monkeypatch):
+    # n envs ask for every batch size from 1 to n as episodes end at different steps: each is
+    # compiled once, then reused (least recently used dropped only beyond ONNX_SESSIONS_BYTES).
+    monkeypatch.setattr(accel.OnnxModel, "_sessions", type(accel.OnnxModel._sessions)())
+    built = []
+    real = accel._OpenVinoSession.__init__
+    monkeypatch.setattr(accel._OpenVinoSession, "__init__", lambda self, m, b, t: built.append(b) or real(self, m, b, t))
+    p = make_policy()
+    c_shape = (p.denoiser.condition(torch.zeros(1, dtype=torch.long), torch.zeros(1, 2, 5)).shape[1],)
+    trunk = OnnxTrunk(p.denoiser, (8, 2), c_shape, "openvino")
+    for _ in range(2):
+        for b in range(1, 11):
+            out = trunk(torch.randn(b, 8, 2), torch.randn(b, *c_shape))
+            assert out.shape == (b, 8, 2)
+    assert built == list(range(1, 11))
+    monkeypatch.setattr(accel, "ONNX_SESSIONS_BYTES", 3 * len(trunk.model))  # room for three
+    trunk(torch.randn(11, 8, 2), torch.randn(11, *c_shape))
+    assert [k[1] for k in accel.OnnxModel._sessions] == [9, 10, 11]

@@ -56,7 +56,11 @@ ACCELERATE_ENV = "DP_GYM_ACCELERATE"
 CACHE_ENV = "DP_GYM_CACHE_DIR"
 ONNX_EXPORT_VERSION = 2  # bump when the exported graph's inputs/outputs change
 ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used removed first)
-ONNX_SESSIONS_KEEP = 6  # runtime sessions kept in memory, one per (model, batch size, threads)
+# Runtime sessions (one per model, batch size, threads and runtime) are kept in memory while their
+# models' bytes together stay under this, least recently used dropped first: an agent over n envs
+# meets every batch size from 1 to n as episodes end at different steps, and recompiling costs
+# ~0.3-0.6 s each time (the small UNet's trunk is 18 MB, the paper UNet's 260 MB).
+ONNX_SESSIONS_BYTES = 1 << 30
 
 
 def default_mode(device: torch.device | str) -> str:
@@ -320,17 +324,17 @@ class OnnxModel:
     The model is exported once (TorchScript-based ``torch.onnx.export``, dynamic batch axis) and
     written atomically to ``cache_dir()/onnx/<key>.onnx``; later constructions (this process or
     another) load it. The key hashes every parameter and buffer, the architecture, the per-sample
-    input shapes and the torch / onnxruntime versions, so changed weights export anew. Each batch
-    size gets its own session with the batch dimension fixed, so the runtime folds every shape
-    computation (1.2-1.4x per pass over one dynamic-batch session); the few most recently used are
-    kept (an agent sees one or two batch sizes: its env count and the last partial batch).
+    input shapes and the torch version, so changed weights export anew. Each batch size gets its
+    own session with the batch dimension fixed, so the runtime folds every shape computation
+    (ONNX Runtime 1.2-1.4x, OpenVINO 1.4x per small-UNet pass at batch 1 over one dynamic-batch
+    model); the most recently used are kept up to ``ONNX_SESSIONS_BYTES`` of models.
 
     >>> trunk = OnnxModel(_TrunkModule(form), {"x": (16, 2), "c": (3584,)})  # doctest: +SKIP
     >>> out = trunk(x, c)  # doctest: +SKIP
     """
 
     _models: "OrderedDict[str, bytes]" = OrderedDict()  # in-process: key → ONNX bytes
-    _sessions: "OrderedDict[tuple[str, int, int, str], Any]" = OrderedDict()  # (key, batch, threads, runtime) → session
+    _sessions: "OrderedDict[tuple[str, int, int, str], tuple[Any, int]]" = OrderedDict()  # (key, batch, threads, runtime) → (session, model bytes)
 
     def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], runtime: str = "onnxruntime") -> None:
         if runtime not in RUNTIMES.values():
@@ -363,7 +367,9 @@ class OnnxModel:
         if self.path.is_file():
             try:
                 model = self.path.read_bytes()
-                self._session(model, 1, 1, self.runtime)  # validates the file
+                import onnx
+
+                onnx.checker.check_model(onnx.load_model_from_string(model))  # a whole, valid model
                 os.utime(self.path)  # most recently used
                 return model
             except Exception as e:  # noqa: BLE001 - unreadable cache entry: export again
@@ -419,11 +425,14 @@ class OnnxModel:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         key = (self.key, inputs[0].shape[0], torch.get_num_threads(), self.runtime)
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = self._session(self.model, key[1], key[2], self.runtime)
-            while len(self._sessions) > ONNX_SESSIONS_KEEP:
+        entry = self._sessions.get(key)
+        if entry is None:
+            entry = self._sessions[key] = (self._session(self.model, key[1], key[2], self.runtime), len(self.model))
+            while len(self._sessions) > 1 and sum(n for _, n in self._sessions.values()) > ONNX_SESSIONS_BYTES:
                 self._sessions.popitem(last=False)
+        else:
+            self._sessions.move_to_end(key)
+        session = entry[0]
         out = session.run(None, {k: t.contiguous().numpy() for k, t in zip(self.input_names, inputs)})[0]
         return torch.from_numpy(out)
 
