@@ -1,5 +1,5 @@
-"""One UNet trunk pass (random weights, Push-T low-dim shapes) in ONNX Runtime (the CPU default of
-``DiffusionAgent.predict``) against the same time-major module compiled by inductor and run eagerly,
+"""One UNet trunk pass (random weights, Push-T low-dim shapes) in ONNX Runtime (the fallback of
+``DiffusionAgent.predict``'s CPU default, OpenVINO) against the same time-major module compiled by inductor and run eagerly,
 calls interleaved, one thread. It answers whether inductor's fused elementwise kernels beat the
 runtime at batch 10, where the runtime is bound by ~450 small elementwise nodes.
 

@@ -1,23 +1,19 @@
-"""One UNet trunk pass (random weights, Push-T low-dim shapes) in ONNX Runtime (the CPU default of
-``DiffusionAgent.predict``) against OpenVINO running the same ONNX models (the time-major export
-the runtime uses, and a plain channels-first export), float32, one thread, calls interleaved. It
-answers whether OpenVINO's CPU plugin, which fuses elementwise chains into its kernels, beats the
-runtime at batch 10, where the runtime is bound by ~450 small elementwise nodes.
-
-OpenVINO is not a dp_gym dependency: ``pip install openvino`` first.
+"""One UNet trunk pass (random weights, Push-T low-dim shapes) in OpenVINO (the CPU default of
+``DiffusionAgent.predict``) against ONNX Runtime (its fallback) on the same time-major export, and
+against OpenVINO on a plain channels-first export; float32, one thread, calls interleaved. It
+answers which export and which runtime to run, at batch 1 and at batch 10, where ONNX Runtime is
+bound by ~450 small elementwise nodes that OpenVINO fuses into its kernels.
 
     python benchmarks/trunk_openvino.py --batch 10 --size small
 """
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dp_gym.perf import interleaved_ms, trunk_inputs
-from dp_gym.policies.diffusion.accelerate import OnnxModel, OnnxTrunk, _TrunkModule
+from dp_gym.policies.diffusion.accelerate import OnnxModel, OnnxTrunk, _OpenVinoSession, _TrunkModule
 
 
 def main() -> None:
@@ -35,25 +31,13 @@ def main() -> None:
     shapes = {"x": tuple(x.shape[1:]), "c": tuple(c.shape[1:])}
     ort = OnnxTrunk(policy.denoiser, shapes["x"], shapes["c"])
     plain = OnnxModel.export(_TrunkModule(policy.denoiser), shapes)
-    core = ov.Core()
-    # f32 explicitly: on CPUs with bf16 units OpenVINO otherwise runs in bf16.
-    config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     inputs = {"x": x.numpy(), "c": c.numpy()}
 
     def openvino(model: bytes):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "trunk.onnx"
-            path.write_bytes(model)
-            net = core.read_model(path)
-        net.reshape({k: [args.batch, *s] for k, s in shapes.items()})
         t0 = time.perf_counter()
-        request = core.compile_model(net, "CPU", config).create_infer_request()
+        session = _OpenVinoSession(model, args.batch, 1)  # what the agent's default path compiles
         print(f"openvino compile: {time.perf_counter() - t0:.2f} s")
-
-        def run() -> np.ndarray:
-            request.infer(inputs)
-            return request.get_output_tensor(0).data
-        return run
+        return lambda: session.run(None, inputs)[0]
 
     fns = {"onnx runtime (time-major)": lambda: ort(x, c).numpy(), "openvino (time-major)": openvino(ort.model),
            "openvino (plain)": openvino(plain)}

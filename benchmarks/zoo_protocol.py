@@ -324,7 +324,7 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     held_out = {} if scored_by_suite(name) else {s: evaluate(name, s, "held_out", HELD_OUT_SEEDS) for s in done}
     sel_txt = ", ".join(f"seed {s}: {selection[s]['success_rate']:.2f}" for s in selection)
     if len({selection[s]["success_rate"] for s in selection}) < len(selection):  # ties: ranked by the task's score
-        sel_txt += "; ties ranked by " + ", ".join(f"seed {s}: {task_score(selection[s])[0]} {task_score(selection[s])[1]:.3f}" for s in selection)
+        sel_txt += "; ties ranked by " + ", ".join(f"seed {s}: {name} {value:.3f}" for s in selection for name, value in [task_score(selection[s])])
     sample = {"sampler": "ddim", "num_inference_steps": 10} if "--sampler" in recipe["benchmark_args"] else None
     card = {
         "summary": recipe["summary"],

@@ -118,10 +118,12 @@ class ImageEncoderConfig:
     image_encoder_width: int = 64
 
 
+# The ImageEncoderConfig sizes validate_policy_fields bounds like every other size.
+IMAGE_ENCODER_SIZES = ("image_feature_dim", "spatial_softmax_keypoints", "group_norm_group_size", "image_encoder_width")
+
+
 def _validate_image_encoder_fields(cfg: ImageEncoderConfig) -> None:
-    for name in ("image_feature_dim", "spatial_softmax_keypoints", "group_norm_group_size", "image_encoder_width"):
-        if not 1 <= getattr(cfg, name) <= MAX_SIZE:
-            raise ValueError(f"{name} must be in 1..{MAX_SIZE}, got {getattr(cfg, name)}")
+    """What is particular to the encoder fields (their sizes are bounded with the others)."""
     if cfg.image_encoder_width % cfg.group_norm_group_size:
         raise ValueError(f"image_encoder_width ({cfg.image_encoder_width}) must be a multiple of group_norm_group_size "
                          f"({cfg.group_norm_group_size})")
@@ -153,7 +155,7 @@ def validate_policy_fields(cfg: Any, positive: tuple[str, ...] = ()) -> None:
             raise ValueError(f"observation {key!r}: expected a {expected} shape, got {shape}")
         if max(shape) > MAX_SIZE:
             raise ValueError(f"observation {key!r}: shape {shape} exceeds the largest supported size {MAX_SIZE}")
-    for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", *positive):
+    for name in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", *positive, *(IMAGE_ENCODER_SIZES if allow_images else ())):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
         if getattr(cfg, name) > MAX_SIZE:
