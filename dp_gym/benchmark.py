@@ -54,7 +54,8 @@ class BenchmarkConfig:
     accelerate: str = option("auto", "diffusion only: how the denoising loop runs; auto: the agent's default "
                              "(OpenVINO on CPU, else ONNX Runtime); falls back with the reason",
                              choices=("auto", *MODES))
-    autocast: str = option("no", "diffusion only: autocast dtype", choices=("no", "bf16", "fp16"))
+    autocast: str = option("no", "diffusion only: autocast dtype; on CPU, bf16 runs OpenVINO in bfloat16 "
+                                         "(faster for large UNets, actions within ~1e-2 of float32's)", choices=("no", "bf16", "fp16"))
     deterministic: bool = option(True, "reproducible sampling noise (per seed)", invert="--stochastic")
     videos: int = option(3, "record videos of the first N episodes per policy")
     latency_repeats: int = option(20, "repeats of the batch-1 predict latency measurement; 0: skip it")

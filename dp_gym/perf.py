@@ -13,7 +13,8 @@ them alike), the median over ``--repeats`` (after ``--warmup``) of:
   for each ``--samplers``, in every ``--modes`` x ``--autocast`` variant: ``per_step`` (the full
   denoiser, conditioning included, at every step: the textbook loop), ``eager`` (plain float32,
   conditioning computed once per chunk: the reference every ratio and action difference is taken
-  against), ``openvino`` (the CPU default), ``onnx``, ``compile``, ``cuda_graph``. The first call's time
+  against), ``openvino`` (the CPU default; with ``--autocast bf16`` also OpenVINO's bfloat16
+  inference), ``onnx``, ``compile``, ``cuda_graph``. The first call's time
   (export / compilation / capture) is reported separately. The action difference is the max abs
   difference from eager float32 for the same noise, in normalised action units (range [-1, 1]);
 * training samples/s at ``--train-batch``: ``plain`` (AdamW's default implementation, loss read
@@ -43,7 +44,7 @@ import torch
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
-from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, RUNTIMES, SamplingAccelerator, per_step_loop
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, PRECISIONS, RUNTIMES, SamplingAccelerator, per_step_loop
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
 
@@ -162,7 +163,14 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
     rows = []
     modes = [m for m in cfg.modes.split(",") if m]
     autocasts = [a for a in cfg.autocast.split(",") if a]
-    variants = [(m, a) for m in modes for a in (["no"] if m in ("per_step", *RUNTIMES) else autocasts)]
+    def mode_autocasts(m: str) -> list[str]:
+        """per_step runs float32; a runtime float32 ("no") or a reduced precision it supports (OpenVINO: bf16)."""
+        if m == "per_step":
+            return ["no"]
+        if m in RUNTIMES:
+            return [a for a in autocasts if a == "no" or a in PRECISIONS[RUNTIMES[m]]] or ["no"]
+        return autocasts
+    variants = [(m, a) for m in modes for a in mode_autocasts(m)]
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
             policy = build_policy(kind, size, device).eval()

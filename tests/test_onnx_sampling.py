@@ -183,9 +183,45 @@ def test_failed_export_falls_back_to_eager_with_reason(tmp_path, monkeypatch):
     assert torch.equal(out, p.sample_actions(obs, noise=noise))
 
 
-def test_onnx_mode_rejects_autocast():
-    with pytest.raises(ValueError, match="autocast must be 'no'"):
+def test_runtime_modes_reject_precisions_they_cannot_run():
+    with pytest.raises(ValueError, match="autocast must be 'no', got 'bf16'"):
         SamplingAccelerator(make_policy(), "onnx", autocast="bf16")
+    with pytest.raises(ValueError, match="autocast must be 'no' or 'bf16', got 'fp16'"):
+        SamplingAccelerator(make_policy(), "openvino", autocast="fp16")
+    with pytest.raises(ValueError, match="onnxruntime runs in precision f32, got 'bf16'"):
+        OnnxTrunk(make_policy().denoiser, (8, 2), (1,), runtime="onnxruntime", precision="bf16")
+
+
+@pytest.mark.parametrize("case", ["unet", "image"])
+def test_openvino_bf16_runs_in_bfloat16_near_the_float32_actions(case):
+    """autocast="bf16" asks OpenVINO for bfloat16 inference (trunk and cameras): on a CPU with bf16
+    units the actions move, but stay near the float32 ones; elsewhere the plugin runs float32 and
+    the session says so."""
+    p = make_policy(**CASES[case])
+    obs = make_obs(p, 3)
+    noise = torch.randn(3, *p.noise_shape(), generator=torch.Generator().manual_seed(3))
+    f32 = p.sample_actions(obs, noise=noise, accelerator=SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10))
+    acc = SamplingAccelerator(p, "openvino", autocast="bf16", sampler="ddim", num_inference_steps=10)
+    out = p.sample_actions(obs, noise=noise, accelerator=acc)
+    assert acc.active_mode == "openvino" and acc.runtime_precision == "bf16" and acc.fallback_reason is None
+    assert acc.onnx_trunk.precision == "bf16" and all(m.precision == "bf16" for m in acc.onnx_cameras.values())
+    sessions = [s for (key, *_, precision), (s, _) in accel.OnnxModel._sessions.items() if key == acc.onnx_trunk.key and precision == "bf16"]
+    assert len(sessions) == 1
+    if sessions[0].precision == "bf16":  # the plugin runs bfloat16 on this CPU
+        assert not torch.equal(out, f32) and rel_err(p, out, f32) < 0.05
+    else:
+        assert sessions[0].precision == "f32" and rel_err(p, out, f32) < TOL
+
+
+def test_openvino_bf16_falling_back_to_onnx_runtime_says_it_runs_float32(monkeypatch):
+    p = make_policy()
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.warns(RuntimeWarning, match=r"falls back to onnx: openvino is not installed.*\(ONNX Runtime runs float32, not bf16\)$"):
+        acc = SamplingAccelerator(p, "openvino", autocast="bf16", sampler="ddim", num_inference_steps=10)
+    assert acc.active_mode == "onnx" and acc.runtime_precision == "f32"
+    obs = make_obs(p, 2)
+    noise = torch.randn(2, *p.noise_shape())
+    assert rel_err(p, p.sample_actions(obs, noise=noise, accelerator=acc), p.sample_actions(obs, noise=noise)) < TOL
 
 
 @pytest.mark.parametrize("kernel_size,down_dims,horizon", [(5, [16, 32], 8), (3, [8, 16, 32], 16), (5, [16], 6)])
@@ -255,7 +291,7 @@ def test_sessions_of_every_batch_size_an_agent_meets_are_kept(monkeypatch):
     monkeypatch.setattr(accel.OnnxModel, "_sessions", type(accel.OnnxModel._sessions)())
     built = []
     real = accel._OpenVinoSession.__init__
-    monkeypatch.setattr(accel._OpenVinoSession, "__init__", lambda self, m, b, t: built.append(b) or real(self, m, b, t))
+    monkeypatch.setattr(accel._OpenVinoSession, "__init__", lambda self, m, b, t, prec: built.append(b) or real(self, m, b, t, prec))
     p = make_policy()
     c_shape = (p.denoiser.condition(torch.zeros(1, dtype=torch.long), torch.zeros(1, 2, 5)).shape[1],)
     trunk = OnnxTrunk(p.denoiser, (8, 2), c_shape, "openvino")

@@ -21,8 +21,11 @@ only the denoiser's trunk per step. Modes:
   replayed: on a GPU the eager loop is bound by kernel-launch overhead);
 * ``"eager"``: plain PyTorch, the reference.
 
-Optionally the encoder and loop run under bf16/fp16 autocast (not with the runtimes, which run
-float32). Every
+Optionally the encoder and loop run under bf16/fp16 autocast. The runtimes run float32, except
+``"openvino"`` with ``autocast="bf16"``: OpenVINO's CPU plugin then runs the camera networks and
+the trunk in bfloat16 (AMX / AVX-512-BF16 units; 1.4-2.3x faster per paper-size UNet pass, but
+actions move by about 1e-2 of the action range, ten times the float32 paths' tolerance, so it is
+never the default). Every
 accelerated mode falls back to the eager loop (with the reason in
 :attr:`SamplingAccelerator.fallback_reason` and a one-line warning) when it is unavailable or
 fails, so the same code runs everywhere. ``$DP_GYM_ACCELERATE`` overrides the agent's default mode
@@ -51,6 +54,7 @@ from torch import nn
 MODES = ("eager", "compile", "cuda_graph", "onnx", "openvino")
 # The modes that run exported ONNX models, and the runtime each uses.
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+PRECISIONS = {"onnxruntime": ("f32",), "openvino": ("f32", "bf16")}  # what each runtime can be asked to run in
 AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ACCELERATE_ENV = "DP_GYM_ACCELERATE"
 CACHE_ENV = "DP_GYM_CACHE_DIR"
@@ -334,12 +338,17 @@ class OnnxModel:
     """
 
     _models: "OrderedDict[str, bytes]" = OrderedDict()  # in-process: key → ONNX bytes
-    _sessions: "OrderedDict[tuple[str, int, int, str], tuple[Any, int]]" = OrderedDict()  # (key, batch, threads, runtime) → (session, model bytes)
+    # (key, batch, threads, runtime, precision) → (session, model bytes)
+    _sessions: "OrderedDict[tuple[str, int, int, str, str], tuple[Any, int]]" = OrderedDict()
 
-    def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], runtime: str = "onnxruntime") -> None:
+    def __init__(self, module: nn.Module, sample_shapes: dict[str, tuple[int, ...]], runtime: str = "onnxruntime",
+                 precision: str = "f32") -> None:
         if runtime not in RUNTIMES.values():
             raise ValueError(f"runtime must be one of {tuple(RUNTIMES.values())}, got {runtime!r}")
+        if precision not in PRECISIONS[runtime]:
+            raise ValueError(f"{runtime} runs in precision {' or '.join(PRECISIONS[runtime])}, got {precision!r}")
         self.runtime = runtime
+        self.precision = precision
         self.input_names = list(sample_shapes)
         self.key = self.cache_key(module, sample_shapes)
         self.path = cache_dir() / "onnx" / f"{self.key}.onnx"
@@ -389,10 +398,10 @@ class OnnxModel:
         return model
 
     @staticmethod
-    def _session(model: bytes, batch: int, threads: int, runtime: str):
+    def _session(model: bytes, batch: int, threads: int, runtime: str, precision: str):
         """A callable session for one batch size: ``run(None, {name: array}) -> [output]``."""
         if runtime == "openvino":
-            return _OpenVinoSession(model, batch, threads)
+            return _OpenVinoSession(model, batch, threads, precision)
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -424,10 +433,10 @@ class OnnxModel:
         return f.getvalue()
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = (self.key, inputs[0].shape[0], torch.get_num_threads(), self.runtime)
+        key = (self.key, inputs[0].shape[0], torch.get_num_threads(), self.runtime, self.precision)
         entry = self._sessions.get(key)
         if entry is None:
-            entry = self._sessions[key] = (self._session(self.model, key[1], key[2], self.runtime), len(self.model))
+            entry = self._sessions[key] = (self._session(self.model, *key[1:]), len(self.model))
             while len(self._sessions) > 1 and sum(n for _, n in self._sessions.values()) > ONNX_SESSIONS_BYTES:
                 self._sessions.popitem(last=False)
         else:
@@ -439,20 +448,23 @@ class OnnxModel:
 
 class _OpenVinoSession:
     """An ONNX model compiled by OpenVINO's CPU plugin for one batch size, with the interface of an
-    ONNX Runtime session's ``run``. Float32 inference is asked for explicitly (on CPUs with bf16
-    units the plugin would otherwise run in bf16); ``threads`` inference threads, one stream."""
+    ONNX Runtime session's ``run``. The inference ``precision`` ("f32" | "bf16") is asked for
+    explicitly (on CPUs with bf16 units the plugin would otherwise choose bf16); a CPU without them
+    runs "bf16" in float32, which :attr:`precision` then says. ``threads`` inference threads, one stream."""
 
     _core: Any = None  # one openvino.Core per process
 
-    def __init__(self, model: bytes, batch: int, threads: int) -> None:
+    def __init__(self, model: bytes, batch: int, threads: int, precision: str = "f32") -> None:
         import openvino as ov
 
         if _OpenVinoSession._core is None:
             _OpenVinoSession._core = ov.Core()
         net = self._core.read_model(io.BytesIO(model))
         net.reshape({i.get_any_name(): [batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
-        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        self._request = self._core.compile_model(net, "CPU", config).create_infer_request()
+        config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+        compiled = self._core.compile_model(net, "CPU", config)
+        self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what the plugin chose
+        self._request = compiled.create_infer_request()
 
     def run(self, _output_names: Any, feeds: dict[str, Any]) -> list[Any]:
         # share_inputs: the request reads the (contiguous float32) arrays in place instead of
@@ -466,13 +478,16 @@ class OnnxTrunk(OnnxModel):
     (:func:`_export_form`); the sampler settings are not part of the model, the scheduler runs
     outside the graph."""
 
-    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...], runtime: str = "onnxruntime") -> None:
-        super().__init__(_TrunkModule(_export_form(denoiser, tuple(x_shape))), {"x": tuple(x_shape), "c": tuple(c_shape)}, runtime)
+    def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...], runtime: str = "onnxruntime",
+                 precision: str = "f32") -> None:
+        super().__init__(_TrunkModule(_export_form(denoiser, tuple(x_shape))), {"x": tuple(x_shape), "c": tuple(c_shape)}, runtime,
+                         precision)
 
 
 class SamplingAccelerator:
     """Runs a policy's denoising loop in ``mode`` ("eager" | "compile" | "cuda_graph" | "onnx" |
-    "openvino") with optional ``autocast`` ("no" | "bf16" | "fp16"; "no" only with the runtimes).
+    "openvino") with optional ``autocast`` ("no" | "bf16" | "fp16"; with the runtimes "no", or
+    "bf16" for OpenVINO's bfloat16 inference, :attr:`runtime_precision`).
     CUDA graphs are captured once per batch size (static input buffers, warm-up on a side stream);
     ``compile`` uses ``reduce-overhead`` on CUDA; ``onnx`` / ``openvino`` export (or load from the
     cache) at the first call, for the weights the policy has then: build a new accelerator after changing them.
@@ -496,8 +511,11 @@ class SamplingAccelerator:
         self._compiled: Callable | None = None
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._compile_kwargs = compile_kwargs or {}
-        if mode in RUNTIMES and autocast != "no":
-            raise ValueError(f"the {mode} mode runs float32; autocast must be 'no', got {autocast!r}")
+        if mode in RUNTIMES and autocast != "no" and autocast not in PRECISIONS[RUNTIMES[mode]]:
+            raise ValueError(f"the {mode} mode runs in {' or '.join(PRECISIONS[RUNTIMES[mode]])}; autocast must be "
+                             f"{' or '.join(repr(a) for a in ('no', *PRECISIONS[RUNTIMES[mode]][1:]))}, got {autocast!r}")
+        # the precision the runtime modes are asked for; a fallback to ONNX Runtime runs float32
+        self.runtime_precision = "f32" if autocast == "no" else autocast
         self.onnx_trunk: OnnxTrunk | None = None
         self.onnx_cameras: dict[str, OnnxModel] = {}
         if mode == "cuda_graph" and self.device.type != "cuda":
@@ -519,6 +537,9 @@ class SamplingAccelerator:
         imports; anything else → eager), keeping the reason and warning once."""
         if to is None:
             to = "onnx" if self.active_mode == "openvino" and _importable("onnxruntime") is None else "eager"
+        if to == "onnx" and self.runtime_precision != "f32":
+            reason += f" (ONNX Runtime runs float32, not {self.runtime_precision})"
+            self.runtime_precision = "f32"
         self.active_mode, self.fallback_reason = to, reason
         self.onnx_trunk, self.onnx_cameras = None, {}
         warnings.warn(f"sampling accelerator '{self.requested_mode}' falls back to {to}: {reason}", RuntimeWarning, stacklevel=3)
@@ -535,7 +556,8 @@ class SamplingAccelerator:
                 if not self.onnx_cameras:
                     for key, cam in policy.image_encoder.cameras.items():
                         h, w = cam.crop_shape
-                        self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)}, RUNTIMES[self.active_mode])
+                        self.onnx_cameras[key] = OnnxModel(_CameraFeatures(cam), {"x": (cam.image_shape[2], h, w)}, RUNTIMES[self.active_mode],
+                                                           self.runtime_precision)
                 return policy.encode_obs(obs, camera_features=lambda key, x: self.onnx_cameras[key](x))
             except Exception as e:  # noqa: BLE001 - e.g. an op the exporter or runtime does not support
                 self._fall_back(f"ONNX export or run of the image encoder failed ({RUNTIMES[self.active_mode]}): "
@@ -551,7 +573,8 @@ class SamplingAccelerator:
             try:
                 if self.onnx_trunk is None:
                     c = self.loop.denoiser.condition(self.loop.step_ids[:1], cond[:1])
-                    self.onnx_trunk = OnnxTrunk(self.loop.denoiser, tuple(noise.shape[2:]), tuple(c.shape[1:]), RUNTIMES[self.active_mode])
+                    self.onnx_trunk = OnnxTrunk(self.loop.denoiser, tuple(noise.shape[2:]), tuple(c.shape[1:]), RUNTIMES[self.active_mode],
+                                                self.runtime_precision)
                 self.loop.trunk = self.onnx_trunk
                 return self.loop(cond, noise).float()
             except Exception as e:  # noqa: BLE001 - e.g. an op the exporter or runtime does not support
