@@ -10,12 +10,12 @@
 """
 import argparse
 import copy
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
+from dp_gym.evaluation import timed_s
 from dp_gym.perf import build_policy, interleaved_ms
 from dp_gym.policies.diffusion.accelerate import OnnxModel, _CameraFeatures
 
@@ -43,14 +43,8 @@ def main() -> None:
     for k, ms in medians.items():
         print(f"{k}: median {ms:.1f} ms for {args.frames} frames")
     a = np.ones(64_000_000, np.float32)
-    best = min(_timed(a.sum) for _ in range(5))
+    best = min(timed_s(a.sum, torch.device("cpu")) for _ in range(5))
     print(f"memory read, one core: {a.nbytes / best / 1e9:.1f} GB/s (numpy sum over {a.nbytes / 1e6:.0f} MB)")
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

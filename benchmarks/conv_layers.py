@@ -11,10 +11,11 @@ step's time goes and whether another convolution form would speed it up.
     python benchmarks/conv_layers.py
 """
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+
+from dp_gym.perf import interleaved_ms
 
 # (in channels, out channels, time steps): the shapes of the small UNet's kernel-5 convolutions at
 # horizon 16 (levels of 64 / 128 / 256 channels at 16 / 8 / 4 steps; the up path reads skip + input)
@@ -46,17 +47,6 @@ class GemmConv1d(torch.autograd.Function):
         return gx[:, :, k // 2:k // 2 + t], (g.t() @ cols).view(o, c, k), g.sum(0)
 
 
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64, help="training batch")
@@ -65,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    print(f"forward + backward, batch {args.batch}, kernel {args.kernel}, median ms (ratio: conv1d time / variant time)")
+    print(f"forward + backward, batch {args.batch}, kernel {args.kernel}, median ms, calls interleaved (ratio: conv1d time / variant time)")
     for cin, cout, t in LAYERS:
         conv = torch.nn.Conv1d(cin, cout, args.kernel, padding=args.kernel // 2)
         x = torch.randn(args.batch, cin, t, requires_grad=True)
@@ -77,7 +67,12 @@ def main() -> None:
         def run(y: torch.Tensor) -> None:
             y.backward(torch.ones_like(y))
 
+        def forward_only() -> None:
+            with torch.no_grad():
+                conv(x)
+
         variants = {
+            "forward": forward_only,
             "conv1d": lambda: run(conv(x)),
             "gemm": lambda: run(GemmConv1d.apply(x, conv.weight, conv.bias)),
             "conv2d_cl": lambda: run(conv2d(x2d)),
@@ -92,9 +87,8 @@ def main() -> None:
         conv.zero_grad()
         run(GemmConv1d.apply(x, conv.weight, conv.bias))
         assert torch.allclose(x.grad, ref[0], atol=1e-4) and torch.allclose(conv.weight.grad, ref[1], rtol=1e-4, atol=1e-2)
-        ms = {k: median_ms(fn, args.repeats) for k, fn in variants.items()}
-        with torch.no_grad():
-            fwd = median_ms(lambda: conv(x), args.repeats)
+        ms = interleaved_ms(variants, torch.device("cpu"), args.repeats, warmup=3)
+        fwd = ms.pop("forward")
         flop = 2 * args.batch * t * cout * cin * args.kernel
         print(f"{cin:4d} -> {cout:4d} ch, T={t:2d}: conv1d {ms['conv1d']:6.2f} (forward alone {fwd:5.2f}: "
               f"{flop / fwd / 1e6:4.0f} GFLOP/s; backward {2 * flop / (ms['conv1d'] - fwd) / 1e6:4.0f} GFLOP/s)  "

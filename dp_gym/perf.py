@@ -44,7 +44,7 @@ import torch
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
-from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, PRECISIONS, RUNTIMES, SamplingAccelerator, per_step_loop
+from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, RUNTIMES, SamplingAccelerator, per_step_loop, runtime_autocasts
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 
 
@@ -168,8 +168,9 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
         if m == "per_step":
             return ["no"]
         if m in RUNTIMES:
-            return [a for a in autocasts if a == "no" or a in PRECISIONS[RUNTIMES[m]]] or ["no"]
+            return [a for a in autocasts if a in runtime_autocasts(m)] or ["no"]
         return autocasts
+
     variants = [(m, a) for m in modes for a in mode_autocasts(m)]
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):

@@ -67,6 +67,12 @@ ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used remove
 ONNX_SESSIONS_BYTES = 1 << 30
 
 
+def runtime_autocasts(mode: str) -> tuple[str, ...]:
+    """The ``autocast`` values a runtime mode accepts: "no" (float32) and each reduced precision
+    its runtime can run in (OpenVINO: "bf16")."""
+    return tuple("no" if p == "f32" else p for p in PRECISIONS[RUNTIMES[mode]])
+
+
 def default_mode(device: torch.device | str) -> str:
     """The sampling mode an agent uses unless told otherwise: ``$DP_GYM_ACCELERATE`` when set,
     else ``"openvino"`` on CPU (which itself falls back to ``"onnx"``, then ``"eager"``) and
@@ -511,9 +517,9 @@ class SamplingAccelerator:
         self._compiled: Callable | None = None
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._compile_kwargs = compile_kwargs or {}
-        if mode in RUNTIMES and autocast != "no" and autocast not in PRECISIONS[RUNTIMES[mode]]:
+        if mode in RUNTIMES and autocast not in runtime_autocasts(mode):
             raise ValueError(f"the {mode} mode runs in {' or '.join(PRECISIONS[RUNTIMES[mode]])}; autocast must be "
-                             f"{' or '.join(repr(a) for a in ('no', *PRECISIONS[RUNTIMES[mode]][1:]))}, got {autocast!r}")
+                             f"{' or '.join(map(repr, runtime_autocasts(mode)))}, got {autocast!r}")
         # the precision the runtime modes are asked for; a fallback to ONNX Runtime runs float32
         self.runtime_precision = "f32" if autocast == "no" else autocast
         self.onnx_trunk: OnnxTrunk | None = None
