@@ -441,13 +441,18 @@ class RunDirLock:
         self.release()
 
 
-def trim_metrics(out: Path, step: int) -> None:
+def trim_metrics(out: Path, step: int) -> float:
     """Drop the metric rows logged after ``step`` (the saved step a resumed run restarts from), so
-    the steps between the last checkpoint and a kill are not logged twice."""
+    the steps between the last checkpoint and a kill are not logged twice. Returns the training
+    wall time the kept rows reach (``wall_s`` of the last one, 0 without rows): a resumed run counts
+    on from it, so ``wall_s`` stays the time spent on the kept steps across kills."""
     jsonl, csv_path = out / "metrics.jsonl", out / "metrics.csv"
+    wall_s = 0.0
     if jsonl.exists():
         lines = [ln for ln in jsonl.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        rows = [json.loads(ln) for ln in lines]
+        kept = [ln for ln, r in zip(lines, rows) if r["step"] <= step]
+        wall_s = max((r.get("wall_s", 0.0) for r in rows if r["step"] <= step), default=0.0)
         if len(kept) != len(lines):
             atomic_write_bytes(jsonl, "".join(ln + "\n" for ln in kept).encode())
     if csv_path.exists():
@@ -455,6 +460,7 @@ def trim_metrics(out: Path, step: int) -> None:
         kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]
         if len(kept) != len(lines):
             atomic_write_bytes(csv_path, "".join(ln + "\n" for ln in kept).encode())
+    return wall_s
 
 
 # =============================================================================================
@@ -581,10 +587,11 @@ def train(cfg: TrainConfig) -> Path:
             out.mkdir(parents=True, exist_ok=True)
             exit_stack.enter_context(RunDirLock(out))
             remove_stale_temp_files(out)  # left by writes a kill interrupted; nobody else writes here now
+        wall_before = 0.0  # training time of the steps a resumed run keeps
         if cfg.resume and state_file.exists():
             restore_training_state(state_file, state, cfg, rank, device)
             if main_process:
-                trim_metrics(out, state.step)
+                wall_before = trim_metrics(out, state.step)
                 print(f"resumed from {state_file} at step {state.step}")
         elif cfg.resume and main_process:
             print(f"--resume given but {state_file} does not exist: starting from scratch")
@@ -599,7 +606,8 @@ def train(cfg: TrainConfig) -> Path:
         exit_stack.callback(metrics.close)
         policy.train()
         step = state.step
-        t_start = t_last = time.perf_counter()
+        t_last = time.perf_counter()
+        t_start = t_last - wall_before
         losses: list[torch.Tensor] = []  # since the last log row, on the device
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0, disable=not main_process)
         while step < cfg.steps:

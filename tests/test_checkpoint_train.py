@@ -212,11 +212,16 @@ def test_resume_continues_from_saved_step(tmp_path, toy_task, capsys):
     out = tmp_path / "run"
     train(_cfg(out, steps=20))
     assert [r["step"] for r in _rows(out)] == [10, 20]
+    # the wall time of the saved steps, and a row logged after the checkpoint by a run then killed
+    rows = [{**r, "wall_s": 1000.0} if r["step"] == 20 else r for r in _rows(out)] + [{"step": 25, "wall_s": 5000.0}]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     capsys.readouterr()
     train(_cfg(out, steps=30, resume=True))
     assert "at step 20" in capsys.readouterr().out
-    # a restart from scratch would have appended 10, 20, 30 again
+    # a restart from scratch would have appended 10, 20, 30 again; the killed run's step-25 row is dropped
     assert [r["step"] for r in _rows(out)] == [10, 20, 30]
+    # the wall clock counts on from the kept steps' 1000 s, not from zero nor from the dropped row
+    assert 1000.0 < _rows(out)[-1]["wall_s"] < 1100.0
     _, meta = load_tensors(out / "trainer_state.safetensors")
     assert meta["step"] == 30
     assert load_policy(out / "checkpoints" / "latest")[1]["train_step"] == 30
