@@ -1,12 +1,16 @@
 """One UNet trunk pass (random weights, Push-T low-dim shapes) in OpenVINO (the CPU default of
 ``DiffusionAgent.predict``) against ONNX Runtime (its fallback) on the same time-major export, and
-against OpenVINO on a plain channels-first export; float32, one thread, calls interleaved. It
-answers which export and which runtime to run, at batch 1 and at batch 10, where ONNX Runtime is
-bound by ~450 small elementwise nodes that OpenVINO fuses into its kernels.
+against OpenVINO on a plain channels-first export and on the time-major export with its weights
+stored in float16 (``compress_to_fp16``: half the bytes to read, compute still float32); one
+thread, calls interleaved. It answers which export and which runtime to run, at batch 1 and at
+batch 10, where ONNX Runtime is bound by ~450 small elementwise nodes that OpenVINO fuses into its
+kernels.
 
     python benchmarks/trunk_openvino.py --batch 10 --size small
 """
 import argparse
+import io
+import tempfile
 import time
 
 import numpy as np
@@ -39,8 +43,24 @@ def main() -> None:
         print(f"openvino compile: {time.perf_counter() - t0:.2f} s")
         return lambda: session.run(None, inputs)[0]
 
+    def float16_weights(model: bytes) -> "ov.Model":
+        """The same model with its weights stored in float16 (OpenVINO IR, weights appended)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ov.save_model(ov.Core().read_model(io.BytesIO(model)), f"{tmp}/m.xml", compress_to_fp16=True)
+            return ov.Core().read_model(f"{tmp}/m.xml")
+
+    def openvino_ir(net):
+        net.reshape({i.get_any_name(): [args.batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
+        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        request = ov.Core().compile_model(net, "CPU", config).create_infer_request()
+
+        def run():
+            request.infer(inputs, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+        return run
+
     fns = {"onnx runtime (time-major)": lambda: ort(x, c).numpy(), "openvino (time-major)": openvino(ort.model),
-           "openvino (plain)": openvino(plain)}
+           "openvino (plain)": openvino(plain), "openvino (time-major, float16 weights)": openvino_ir(float16_weights(ort.model))}
     for k, fn in fns.items():
         print(f"max |difference| from eager, {k}: {np.abs(np.asarray(fn()) - reference).max():.1e}")
     medians = interleaved_ms(fns, torch.device("cpu"), repeats=args.repeats, warmup=3)
