@@ -37,30 +37,21 @@ def main() -> None:
     plain = OnnxModel.export(_TrunkModule(policy.denoiser), shapes)
     inputs = {"x": x.numpy(), "c": c.numpy()}
 
-    def openvino(model: bytes):
+    def openvino(model):  # ONNX bytes, or a model OpenVINO has read
         t0 = time.perf_counter()
         session = _OpenVinoSession(model, args.batch, 1)  # what the agent's default path compiles
         print(f"openvino compile: {time.perf_counter() - t0:.2f} s")
         return lambda: session.run(None, inputs)[0]
 
-    def float16_weights(model: bytes) -> "ov.Model":
-        """The same model with its weights stored in float16 (OpenVINO IR, weights appended)."""
+    def float16_weights(model: bytes):
+        """``openvino`` on the same model with its weights stored in float16 (an OpenVINO IR,
+        compiled before its files go)."""
         with tempfile.TemporaryDirectory() as tmp:
             ov.save_model(ov.Core().read_model(io.BytesIO(model)), f"{tmp}/m.xml", compress_to_fp16=True)
-            return ov.Core().read_model(f"{tmp}/m.xml")
-
-    def openvino_ir(net):
-        net.reshape({i.get_any_name(): [args.batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
-        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        request = ov.Core().compile_model(net, "CPU", config).create_infer_request()
-
-        def run():
-            request.infer(inputs, share_inputs=True)
-            return request.get_output_tensor(0).data.copy()
-        return run
+            return openvino(ov.Core().read_model(f"{tmp}/m.xml"))
 
     fns = {"onnx runtime (time-major)": lambda: ort(x, c).numpy(), "openvino (time-major)": openvino(ort.model),
-           "openvino (plain)": openvino(plain), "openvino (time-major, float16 weights)": openvino_ir(float16_weights(ort.model))}
+           "openvino (plain)": openvino(plain), "openvino (time-major, float16 weights)": float16_weights(ort.model)}
     for k, fn in fns.items():
         print(f"max |difference| from eager, {k}: {np.abs(np.asarray(fn()) - reference).max():.1e}")
     medians = interleaved_ms(fns, torch.device("cpu"), repeats=args.repeats, warmup=3)

@@ -454,18 +454,18 @@ class OnnxModel:
 
 class _OpenVinoSession:
     """An ONNX model compiled by OpenVINO's CPU plugin for one batch size, with the interface of an
-    ONNX Runtime session's ``run``. The inference ``precision`` ("f32" | "bf16") is asked for
+    ONNX Runtime session's ``run``; ``model`` is ONNX bytes or a model OpenVINO has already read. The inference ``precision`` ("f32" | "bf16") is asked for
     explicitly (on CPUs with bf16 units the plugin would otherwise choose bf16); a CPU without them
     runs "bf16" in float32, which :attr:`precision` then says. ``threads`` inference threads, one stream."""
 
     _core: Any = None  # one openvino.Core per process
 
-    def __init__(self, model: bytes, batch: int, threads: int, precision: str = "f32") -> None:
+    def __init__(self, model: Any, batch: int, threads: int, precision: str = "f32") -> None:
         import openvino as ov
 
         if _OpenVinoSession._core is None:
             _OpenVinoSession._core = ov.Core()
-        net = self._core.read_model(io.BytesIO(model))
+        net = self._core.read_model(io.BytesIO(model)) if isinstance(model, bytes) else model
         net.reshape({i.get_any_name(): [batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         compiled = self._core.compile_model(net, "CPU", config)
