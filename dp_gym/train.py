@@ -450,11 +450,10 @@ def trim_metrics(out: Path, step: int) -> float:
     wall_s = 0.0
     if jsonl.exists():
         lines = [ln for ln in jsonl.read_text().splitlines() if ln.strip()]
-        rows = [json.loads(ln) for ln in lines]
-        kept = [ln for ln, r in zip(lines, rows) if r["step"] <= step]
-        wall_s = max((r.get("wall_s", 0.0) for r in rows if r["step"] <= step), default=0.0)
+        kept = [(ln, row) for ln in lines if (row := json.loads(ln))["step"] <= step]
+        wall_s = max((row.get("wall_s", 0.0) for _, row in kept), default=0.0)
         if len(kept) != len(lines):
-            atomic_write_bytes(jsonl, "".join(ln + "\n" for ln in kept).encode())
+            atomic_write_bytes(jsonl, "".join(ln + "\n" for ln, _ in kept).encode())
     if csv_path.exists():
         lines = csv_path.read_text().splitlines()
         kept = lines[:1] + [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= step]

@@ -454,9 +454,10 @@ class OnnxModel:
 
 class _OpenVinoSession:
     """An ONNX model compiled by OpenVINO's CPU plugin for one batch size, with the interface of an
-    ONNX Runtime session's ``run``; ``model`` is ONNX bytes or a model OpenVINO has already read. The inference ``precision`` ("f32" | "bf16") is asked for
-    explicitly (on CPUs with bf16 units the plugin would otherwise choose bf16); a CPU without them
-    runs "bf16" in float32, which :attr:`precision` then says. ``threads`` inference threads, one stream."""
+    ONNX Runtime session's ``run``; ``model`` is ONNX bytes or a model OpenVINO has already read.
+    The inference ``precision`` ("f32" | "bf16") is asked for explicitly (on CPUs with bf16 units
+    the plugin would otherwise choose bf16); a CPU without them runs "bf16" in float32, which
+    :attr:`precision` then says. ``threads`` inference threads, one stream."""
 
     _core: Any = None  # one openvino.Core per process
 
