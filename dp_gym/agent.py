@@ -75,6 +75,14 @@ class PolicyAgent:
         self.accelerator = None
         self._default_accelerators: dict[tuple, Any] = {}
 
+    def __repr__(self) -> str:
+        obs = ", ".join(f"{k!r}: {shape}" for k, shape in self.obs_shapes.items())
+        sampler = {**{k: getattr(self.config, k) for k in ("sampler", "num_inference_steps") if hasattr(self.config, k)},
+                   **self.sample_kwargs}
+        return (f"{type(self).__name__}(policy={self.policy.policy_type!r}, obs={{{obs}}}, action_dim={self.config.action_dim}, "
+                f"n_obs_steps={self.n_obs_steps}, n_action_steps={self.n_action_steps}"
+                + (f", sampler={sampler}" if sampler else "") + f", device={str(self.device)!r})")
+
     # --- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``model.safetensors`` + ``config.json`` into directory ``path``."""

@@ -93,6 +93,14 @@ def test_save_load_identical_predictions(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_repr_names_policy_shapes_horizons_and_effective_sampler():
+    agent = DiffusionAgent(tiny_policy())
+    assert repr(agent) == ("PolicyAgent(policy='diffusion', obs={'obs': (20,)}, action_dim=2, n_obs_steps=2, "
+                           "n_action_steps=8, sampler={'sampler': 'ddim', 'num_inference_steps': 4}, device='cpu')")
+    agent.sample_kwargs.update(sampler="ddpm", num_inference_steps=100)  # what predict will use
+    assert "sampler={'sampler': 'ddpm', 'num_inference_steps': 100}" in repr(agent)
+
+
 def test_bad_observations_raise_clear_errors():
     agent = DiffusionAgent(tiny_policy())
     with pytest.raises(ValueError, match=r"expected \(20,\)"):
