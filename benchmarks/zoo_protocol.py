@@ -27,6 +27,13 @@ The shipped entries themselves are then scored by the zoo suite
 
 Runs go to ``runs/zoo/<task>/<policy>/seed<N>``; per-seed scores to
 ``benchmarks/results/zoo/<task>/<policy>/seed<N>/{selection,held_out}/``.
+
+A card's known failure modes come from its held-out episodes (step limit, how close a dense score
+got, kitchen's sub-tasks). For sparse-reward robosuite entries, simulator labels of the failed
+seeds join them when ``failure_modes.json`` sits beside the held-out result before ``record``::
+
+    python benchmarks/tools/robosuite_failure_modes.py --task can zoo:can_state/diffusion SEED [SEED ...] \
+        --out benchmarks/results/zoo/held_out/can_state/diffusion/failure_modes.json
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import dp_gym
 import torch
 from dp_gym.benchmark import task_score
 from dp_gym.paths import dataset_path
-from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR
+from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR, get_task
 from dp_gym.zoo import ZooEntry, export, get_entry, write_card
 
 SELECTION_SEEDS = "200000:200050"
@@ -352,20 +359,53 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     return entry
 
 
-def failure_modes(per_episode: dict, seeds: str) -> list[str]:
-    """How the failed episodes of one scored run ended, from its per-episode outcomes."""
+def failure_modes(per_episode: dict, seeds: str, max_steps: int | None = None, labels: dict | None = None) -> list[str]:
+    """How the failed episodes of one scored run ended, from its per-episode outcomes: how many ran
+    to the step limit, how close a dense score (Push-T's coverage) got, the sub-tasks a count task
+    (kitchen) got through, and for sparse-reward tasks the simulator's labels when ``labels`` (a
+    ``benchmarks/tools/robosuite_failure_modes.py --out`` file for exactly the failed seeds) has them."""
     n = len(per_episode["success"])
-    failed = [i for i in range(n) if not per_episode["success"][i]]
+    failed = [i for i in range(n) if per_episode["success"][i] is False]
+    errored = sum(ok is None for ok in per_episode["success"])  # the rollout raised: no outcome
     if not failed:
-        return [f"no failed episode on seeds {seeds}"]
+        return [f"no failed episode on seeds {seeds}" + (f" ({errored} raised an error)" if errored else "")]
+    head = f"{len(failed)} of {n} episodes on seeds {seeds} fail" + (f" ({errored} more raised an error)" if errored else "")
+    if max_steps is not None and "length" in per_episode:
+        at_limit = sum(per_episode["length"][i] >= max_steps for i in failed)
+        head += f", {'all' if at_limit == len(failed) else f'{at_limit} of them'} at the {max_steps}-step limit"
     if "completed" in per_episode:  # count tasks (kitchen): how many sub-tasks the failures got through
         counts = [per_episode["completed"][i] for i in failed]
-        return [f"{len(failed)} of {n} episodes on seeds {seeds} fail: " + ", ".join(
-            f"{counts.count(k)} stop after {k} of the tasks" for k in sorted(set(counts)))]
+        return [head + ": " + ", ".join(f"{counts.count(k)} stop after {k} of the tasks" for k in sorted(set(counts)))]
     rewards = [per_episode["max_reward"][i] for i in failed]
-    near = sum(r >= 0.8 for r in rewards)
-    return [f"{len(failed)} of {n} episodes on seeds {seeds} fail; {near} of them get the score to 0.8 or more (the "
-            f"object close to the goal but not within the success threshold), {len(failed) - near} stay below 0.8"]
+    if any(rewards):  # a dense score says how close the failures came
+        near, close = sum(r >= 0.97 for r in rewards), sum(0.8 <= r < 0.97 for r in rewards)
+        return [head + f"; best score reached: {near} at 0.97 or more (within 3% of the success threshold), {close} from 0.8 "
+                f"to 0.97, {len(rewards) - near - close} below 0.8"]
+    lines = [head + " (the reward is sparse: 0 until success)"]
+    if labels is not None:
+        modes = [ep["mode"] for ep in labels["episodes"] if ep["mode"] != "success"]
+        text = ("how they end, from the simulator (`benchmarks/tools/robosuite_failure_modes.py` replays each failed seed "
+                "alone; the labels are defined there): " + ", ".join(
+                    f"{modes.count(m)} {m}" for m in sorted(set(modes), key=lambda m: (-modes.count(m), m))))
+        if len(modes) < len(labels["episodes"]):  # the replay runs one env, the suite a batch: float rounding differs
+            text += (f"; {len(labels['episodes']) - len(modes)} succeeded when replayed alone (the sampler at batch 1 "
+                     "instead of the suite's batch of envs: rounding differences grow over a contact-rich episode)")
+        lines.append(text)
+    return lines
+
+
+def failure_labels(result_dir: Path, per_episode_seeds: list[int], per_episode: dict) -> dict | None:
+    """The simulator labels of a scored run's failed episodes (``failure_modes.json`` beside its
+    ``results.json``), checked to cover exactly those seeds."""
+    path = result_dir / "failure_modes.json"
+    if not path.is_file():
+        return None
+    labels = json.loads(path.read_text())
+    failed = sorted(s for s, ok in zip(per_episode_seeds, per_episode["success"]) if not ok)
+    labelled = sorted(ep["seed"] for ep in labels["episodes"])
+    if labelled != failed:
+        raise ValueError(f"{path}: labels for seeds {labelled}, expected exactly the failed seeds {failed}")
+    return labels
 
 
 def record(results_json: str, split: str) -> None:
@@ -382,8 +422,10 @@ def record(results_json: str, split: str) -> None:
             if split == "held_out" and scored_by_suite(f"{task}/{policy}"):
                 card["training_seed_spread"] = spread({str(card["training"]["shipped_seed"]): r})
             if split == "held_out":
-                full = json.loads((Path(results_json).parent / task / policy / "results.json").read_text())
-                card["failure_modes"] = failure_modes(full["results"][policy]["per_episode"], rec["seeds"])
+                result_dir = Path(results_json).parent / task / policy
+                full = json.loads((result_dir / "results.json").read_text())["results"][policy]
+                labels = failure_labels(result_dir, full["seeds"], full["per_episode"]) if "seeds" in full else None
+                card["failure_modes"] = failure_modes(full["per_episode"], rec["seeds"], get_task(task).max_episode_steps, labels)
             write_card(entry, card)
 
 

@@ -317,8 +317,47 @@ def test_protocol_record_gives_a_single_float32_seed_its_spread_from_the_suite(t
     assert card["training_seed_spread"]["per_seed"] == {"3": 0.25}
     assert card["training_seed_spread"]["per_seed_results"]["3"]["success_ci95"] == [0.05, 0.7]
     assert card["results"][0]["split"] == "held_out" and card["results"][0]["success_rate"] == 0.25
-    assert card["failure_modes"] == ["3 of 4 episodes on seeds 300000:300004 fail; 1 of them get the score to 0.8 or more (the "
-                                     "object close to the goal but not within the success threshold), 2 stay below 0.8"]
+    assert card["failure_modes"] == ["3 of 4 episodes on seeds 300000:300004 fail; best score reached: 0 at 0.97 or more (within "
+                                     "3% of the success threshold), 1 from 0.8 to 0.97, 2 below 0.8"]
     monkeypatch.setattr("sys.argv", ["zoo_protocol.py", "score", "pusht_keypoints/bc", "--seed", "3"])
     with pytest.raises(SystemExit, match="the zoo suite scores it"):
         zp.main()
+
+
+def test_failure_modes_say_how_failed_episodes_end():
+    zp = load_protocol()
+    dense = {"success": [True, False, False, None, False], "max_reward": [1.0, 0.99, 0.5, None, 0.85],
+             "length": [120, 300, 300, None, 250]}
+    assert zp.failure_modes(dense, "0:5", max_steps=300) == [
+        "3 of 5 episodes on seeds 0:5 fail (1 more raised an error), 2 of them at the 300-step limit; best score reached: "
+        "1 at 0.97 or more (within 3% of the success threshold), 1 from 0.8 to 0.97, 1 below 0.8"]
+    kitchen = {"success": [False, False, True], "max_reward": [0.5, 0.75, 1.0], "completed": [2, 3, 4], "length": [280, 280, 200]}
+    assert zp.failure_modes(kitchen, "0:3", max_steps=280) == [
+        "2 of 3 episodes on seeds 0:3 fail, all at the 280-step limit: 1 stop after 2 of the tasks, 1 stop after 3 of the tasks"]
+    sparse = {"success": [False, True, False, False], "max_reward": [0.0, 1.0, 0.0, 0.0], "length": [400, 90, 400, 400]}
+    labels = {"episodes": [{"seed": 10, "mode": "never_lifted"}, {"seed": 12, "mode": "lifted_not_in_bin"},
+                           {"seed": 13, "mode": "lifted_not_in_bin"}]}
+    lines = zp.failure_modes(sparse, "10:14", max_steps=400, labels=labels)
+    assert lines == [
+        "3 of 4 episodes on seeds 10:14 fail, all at the 400-step limit (the reward is sparse: 0 until success)",
+        "how they end, from the simulator (`benchmarks/tools/robosuite_failure_modes.py` replays each failed seed alone; "
+        "the labels are defined there): 2 lifted_not_in_bin, 1 never_lifted"]
+    labels["episodes"][0]["mode"] = "success"  # the lone replay can diverge from the suite's batched run
+    assert zp.failure_modes(sparse, "10:14", max_steps=400, labels=labels)[1].endswith(
+        "): 2 lifted_not_in_bin; 1 succeeded when replayed alone (the sampler at batch 1 instead of the suite's batch of "
+        "envs: rounding differences grow over a contact-rich episode)")
+    assert zp.failure_modes({"success": [True], "max_reward": [1.0]}, "0:1") == ["no failed episode on seeds 0:1"]
+
+
+def test_failure_labels_must_cover_exactly_the_failed_seeds(tmp_path):
+    zp = load_protocol()
+    per_episode = {"success": [False, True, False]}
+    assert zp.failure_labels(tmp_path, [10, 11, 12], per_episode) is None  # no labels file: none used
+    good = {"episodes": [{"seed": 12, "mode": "never_lifted"}, {"seed": 10, "mode": "lifted_not_in_bin"}]}
+    (tmp_path / "failure_modes.json").write_text(json.dumps(good))
+    assert zp.failure_labels(tmp_path, [10, 11, 12], per_episode) == good
+    for bad in ({"episodes": good["episodes"][:1]},  # a failed seed unlabelled
+                {"episodes": [*good["episodes"], {"seed": 11, "mode": "never_lifted"}]}):  # a successful seed labelled
+        (tmp_path / "failure_modes.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="expected exactly the failed seeds"):
+            zp.failure_labels(tmp_path, [10, 11, 12], per_episode)
