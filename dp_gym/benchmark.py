@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import math
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from dp_gym.evaluation import evaluate_agent
 from dp_gym.policies.diffusion.accelerate import MODES
 from dp_gym.tasks import Task, get_task, task_names
 from dp_gym.utils.cli import build_parser as build_parser_for, command_line, config_from_namespace, option, run_cli
+from dp_gym.utils.machine import machine_description
 
 
 @dataclass
@@ -312,8 +312,7 @@ def run(cfg: BenchmarkConfig, command: str = "") -> dict[str, dict]:
             except Exception as e:  # one bad policy must not cost the others their results
                 results[name] = {"error": f"{type(e).__name__}: {e}", "checkpoint": path}
                 print(f"[{name}] failed: {type(e).__name__}: {e}", file=sys.stderr)
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "device": cfg.device}
+    machine = machine_description(cfg.device)
     atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "command": command, "machine": machine,
                                              "results": results})
     table = markdown_table(results)

@@ -31,7 +31,6 @@ Writes ``perf.json`` and ``perf.md`` (with the machine description) to ``--out-d
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, RUNTIMES, SamplingAccelerator, per_step_loop, runtime_autocasts
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli
+from dp_gym.utils.machine import machine_description
 
 
 @dataclass
@@ -81,24 +81,6 @@ KINDS = {
     "lowdim": {"obs": [20]},
     "image": {"pixels": [96, 96, 3], "agent_pos": [2]},
 }
-
-
-def machine_description(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    desc = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
-    if device.type == "cuda":
-        desc["gpu"] = torch.cuda.get_device_name(device)
-    return desc
 
 
 def build_policy(kind: str, size: str, device: torch.device):

@@ -75,6 +75,10 @@ def test_benchmark_run_writes_outputs(tmp_path, monkeypatch):
     data = json.loads((out / "results.json").read_text())
     assert data["command"] == "python -m dp_gym.benchmark " + " ".join(argv)  # the run can be repeated from it
     assert data["config"]["n_envs"] == 3 and data["config"]["seeds"] == "100000:100003"
+    # what the outcomes depend on: the CPU model and the sampling runtime's and simulator's builds
+    machine = data["machine"]
+    assert machine["cpu"] and machine["torch"] == torch.__version__ and machine["torch_threads"] >= 1
+    assert machine["libraries"]["pymunk"] and machine["libraries"]["numpy"] == np.__version__
     results = data["results"]
     assert set(results) == {"tiny"}
     r = results["tiny"]

@@ -77,6 +77,37 @@ def test_can_never_lifted(tool) -> None:
         env.close()
 
 
+class BatchStillAgent:
+    """Zero actions for every env of a vector env."""
+
+    def __init__(self, action_dim: int) -> None:
+        self.action_dim, self.keys = action_dim, {}
+
+    def reset(self, n_envs: int) -> None:
+        pass
+
+    def set_noise_key(self, env_index: int, key: int) -> None:
+        self.keys[env_index] = key
+
+    def predict(self, obs, episode_start=None, deterministic: bool = True):
+        n = len(next(iter(obs.values())) if isinstance(obs, dict) else obs)
+        return np.zeros((n, self.action_dim), np.float32), None
+
+
+def test_batched_replay_labels_every_seed_in_order(tool) -> None:
+    """The benchmark's vector env: each episode's labels come from the env slot it ran in."""
+    from dp_gym.evaluation import make_vector_env
+    from dp_gym.tasks import get_task
+
+    env = make_vector_env(get_task("can_state"), 2, "sync", render=False)
+    try:
+        rows = tool.classify(tool.CanTracker, BatchStillAgent(7), env, [5, 6, 7])
+    finally:
+        env.close()
+    assert [r["seed"] for r in rows] == [5, 6, 7]
+    assert all(r["mode"] == "never_lifted" and r["steps"] == 400 and r["regrasps"] == 0 for r in rows)
+
+
 def test_env_follows_the_checkpoint_action_space(tool) -> None:
     assert tool.env_task_id("square", 7) == "square_state"
     assert tool.env_task_id("square", 10) == "square_state_abs"

@@ -1,10 +1,13 @@
 """Classify robosuite Can / Square episodes of a checkpoint by how they end (a diagnostic, not a score).
 
-    MUJOCO_GL=egl python benchmarks/tools/robosuite_failure_modes.py --task can|square CHECKPOINT SEED [SEED ...] \
-        [--sampler ddim --num-inference-steps 10] [--n-action-steps N] [--out modes.json]
+    MUJOCO_GL=egl python benchmarks/tools/robosuite_failure_modes.py --task can|square CHECKPOINT SEEDS [SEEDS ...] \
+        [--sampler ddim --num-inference-steps 10] [--n-action-steps N] [--n-envs N] [--out modes.json]
 
-Each seed is replayed as ``python -m dp_gym.benchmark`` runs it (same env, sampler noise keyed by
-the seed, ``deterministic=True``) and labelled from the simulator state.
+Each seed (an integer or a ``start:stop`` range) is played as ``python -m dp_gym.benchmark`` plays
+it (same env and rollout loop, sampler noise keyed by the seed, ``deterministic=True``) and labelled
+from the simulator state. With the benchmark's seeds and ``--n-envs`` the envs run in the same
+batches, so the episodes are the benchmark's own; one seed alone (``--n-envs 1``) runs the sampler at
+batch 1, whose float rounding differs slightly, and a contact-rich episode can then end otherwise.
 
 Can (``can_state``):
 
@@ -35,29 +38,22 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from typing import Callable
+from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from dp_gym.agent import PolicyAgent
-from dp_gym.benchmark import with_action_horizon
+from dp_gym.benchmark import parse_seeds, with_action_horizon
 from dp_gym.checkpoint import load_policy
 from dp_gym.episodes import RolloutCallback, rollout
+from dp_gym.evaluation import make_vector_env
 from dp_gym.experts.base import wrap_angle, yaw_of
 from dp_gym.tasks import get_task
+from dp_gym.utils.machine import machine_description
 
 ON_PEG_XY = 0.03  # robosuite's on_peg: nut centre within this of the peg in x and y (m)
-
-
-def run_episode(agent: PolicyAgent, env, seed: int, on_reset: Callable[[], None],
-                on_step: Callable[[np.ndarray], None]) -> tuple[int, bool]:
-    """One benchmark-identical episode (:func:`dp_gym.episodes.rollout`, noise keyed by the seed);
-    ``on_reset()`` sees the simulator's initial state and ``on_step(action)`` the state after every
-    step. Returns (steps, success); the env is left in the episode's final state."""
-    hooks = RolloutCallback(on_episode_start=lambda ep: on_reset(), on_step=lambda ep, step: on_step(step.action))
-    (episode,) = rollout(agent, env, [seed], deterministic=True, callbacks=[hooks])
-    return episode.length, bool(episode.info["is_success"])
 
 
 def label(success: bool, stages: list[tuple[str, bool]], otherwise: str) -> str:
@@ -67,73 +63,112 @@ def label(success: bool, stages: list[tuple[str, bool]], otherwise: str) -> str:
     return next((name for name, reached in stages if not reached), otherwise)
 
 
-def classify_can(agent: PolicyAgent, env, seed: int) -> dict:
-    rs = env.unwrapped.robosuite_env
-    can_id = rs.obj_body_id["Can"]
-    bin_id = rs.object_to_id["can"]
-    st = dict(z0=np.nan, lifted=False, in_bin=False, regrasps=0, last_grip=-1.0)
+class CanTracker:
+    """Follows one Can episode in simulator ``rs``: :meth:`start` after the reset, :meth:`step`
+    after every env step, :meth:`result` once it ended (the simulator still in its final state)."""
 
-    def on_reset() -> None:
-        st["z0"] = float(rs.sim.data.body_xpos[can_id][2])
+    def __init__(self, rs) -> None:
+        self.rs, self.can_id, self.bin_id = rs, rs.obj_body_id["Can"], rs.object_to_id["can"]
+        self.z0, self.lifted, self.in_bin, self.regrasps, self.last_grip = np.nan, False, False, 0, -1.0
 
-    def on_step(action: np.ndarray) -> None:
-        pos = rs.sim.data.body_xpos[can_id]
-        st["lifted"] |= bool(pos[2] > st["z0"] + 0.05)
-        now_in_bin = not rs.not_in_bin(pos, bin_id)
+    def start(self) -> None:
+        self.z0 = float(self.rs.sim.data.body_xpos[self.can_id][2])
+
+    def step(self, action: np.ndarray) -> None:
+        pos = self.rs.sim.data.body_xpos[self.can_id]
+        self.lifted |= bool(pos[2] > self.z0 + 0.05)
+        now_in_bin = not self.rs.not_in_bin(pos, self.bin_id)
         grip = float(np.sign(action[-1]))
-        if now_in_bin and st["last_grip"] < 0 < grip:
-            st["regrasps"] += 1
-        st["in_bin"] |= now_in_bin
-        st["last_grip"] = grip
+        if now_in_bin and self.last_grip < 0 < grip:
+            self.regrasps += 1
+        self.in_bin |= now_in_bin
+        self.last_grip = grip
 
-    steps, success = run_episode(agent, env, seed, on_reset, on_step)
-    held = bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=rs.objects[bin_id].contact_geoms))
-    mode = label(success, [("never_lifted", st["lifted"]), ("lifted_not_in_bin", st["in_bin"])],
-                 "in_bin_gripper_too_close")
-    return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": held, "regrasps": st["regrasps"]}
+    def result(self, seed: int, steps: int, success: bool) -> dict:
+        rs = self.rs
+        held = bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=rs.objects[self.bin_id].contact_geoms))
+        mode = label(success, [("never_lifted", self.lifted), ("lifted_not_in_bin", self.in_bin)], "in_bin_gripper_too_close")
+        return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": held, "regrasps": self.regrasps}
+
+
+class SquareTracker:
+    """Follows one Square episode (see :class:`CanTracker`)."""
+
+    def __init__(self, rs) -> None:
+        self.rs = rs
+        self.nut = rs.nuts[rs.nut_to_id["square"]]
+        self.nut_id, self.peg_id = rs.obj_body_id[self.nut.name], rs.peg1_body_id
+        self.table_z = float(rs.table_offset[2])
+        self.z0, self.lifted, self.over_peg, self.min_offset, self.drops, self.was_held = np.nan, False, False, np.inf, 0, False
+
+    def grasped(self) -> bool:
+        return bool(self.rs._check_grasp(gripper=self.rs.robots[0].gripper, object_geoms=self.nut.contact_geoms))
+
+    def peg_offset(self) -> float:  # max(|dx|, |dy|) of the nut centre from the peg axis
+        xpos = self.rs.sim.data.body_xpos
+        return float(np.max(np.abs(xpos[self.nut_id][:2] - xpos[self.peg_id][:2])))
+
+    def start(self) -> None:
+        self.z0 = float(self.rs.sim.data.body_xpos[self.nut_id][2])
+
+    def step(self, action: np.ndarray) -> None:
+        offset = self.peg_offset()
+        lifted_now = bool(self.rs.sim.data.body_xpos[self.nut_id][2] > self.z0 + 0.05)
+        self.lifted |= lifted_now
+        self.over_peg |= offset < ON_PEG_XY
+        self.min_offset = min(self.min_offset, offset)
+        held = self.grasped()
+        if self.was_held and not held and lifted_now and offset >= ON_PEG_XY:
+            self.drops += 1
+        self.was_held = held
+
+    def result(self, seed: int, steps: int, success: bool) -> dict:
+        rs = self.rs
+        # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
+        yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[self.nut_id]), np.pi / 2)
+        mode = label(success, [("never_lifted", self.lifted), ("lifted_never_over_peg", self.over_peg)], "over_peg_not_down")
+        return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": self.grasped(),
+                "min_peg_offset": round(self.min_offset, 4),
+                "final_peg_offset": round(self.peg_offset(), 4),
+                "final_height": round(float(rs.sim.data.body_xpos[self.nut_id][2]) - self.table_z, 4),
+                "final_yaw_error_deg": round(float(np.degrees(yaw_err)), 1), "drops": self.drops}
+
+
+def classify(tracker: type, agent: PolicyAgent, env, seeds: list[int]) -> list[dict]:
+    """Label one episode per seed as ``python -m dp_gym.benchmark`` runs them: the same
+    :func:`dp_gym.episodes.rollout`, sampling noise keyed by the seed, ``deterministic=True``. ``env``
+    is a plain env (one episode after another) or the benchmark's vector env
+    (:func:`dp_gym.evaluation.make_vector_env`, sync), whose batches of envs reproduce the
+    benchmark's episodes exactly. Returns one row per seed, in the order of ``seeds``."""
+    slots = env.envs if isinstance(env, gym.vector.SyncVectorEnv) else [env]
+    trackers: dict[int, Any] = {}
+    rows: list[dict | None] = [None] * len(seeds)
+
+    def started(ep) -> None:
+        trackers[ep.index] = tracker(slots[ep.env_index].unwrapped.robosuite_env)
+        trackers[ep.index].start()
+
+    def ended(ep) -> None:
+        rows[ep.index] = trackers.pop(ep.index).result(seeds[ep.index], ep.length, bool(ep.info["is_success"]))
+        print(json.dumps(rows[ep.index]), flush=True)
+
+    hooks = RolloutCallback(on_episode_start=started, on_step=lambda ep, step: trackers[ep.index].step(step.action),
+                            on_episode_end=ended)
+    rollout(agent, env, seeds, deterministic=True, callbacks=[hooks])
+    return rows  # type: ignore[return-value]
+
+
+def classify_can(agent: PolicyAgent, env, seed: int) -> dict:
+    """One Can episode's row, in a plain env."""
+    return classify(CanTracker, agent, env, [seed])[0]
 
 
 def classify_square(agent: PolicyAgent, env, seed: int) -> dict:
-    rs = env.unwrapped.robosuite_env
-    nut = rs.nuts[rs.nut_to_id["square"]]
-    nut_id, peg_id = rs.obj_body_id[nut.name], rs.peg1_body_id
-    table_z = float(rs.table_offset[2])
-
-    def grasped() -> bool:
-        return bool(rs._check_grasp(gripper=rs.robots[0].gripper, object_geoms=nut.contact_geoms))
-
-    def peg_offset() -> float:  # max(|dx|, |dy|) of the nut centre from the peg axis
-        return float(np.max(np.abs(rs.sim.data.body_xpos[nut_id][:2] - rs.sim.data.body_xpos[peg_id][:2])))
-
-    st = dict(z0=np.nan, lifted=False, over_peg=False, min_offset=np.inf, drops=0, was_held=False)
-
-    def on_reset() -> None:
-        st["z0"] = float(rs.sim.data.body_xpos[nut_id][2])
-
-    def on_step(action: np.ndarray) -> None:
-        offset = peg_offset()
-        lifted_now = bool(rs.sim.data.body_xpos[nut_id][2] > st["z0"] + 0.05)
-        st["lifted"] |= lifted_now
-        st["over_peg"] |= offset < ON_PEG_XY
-        st["min_offset"] = min(st["min_offset"], offset)
-        held = grasped()
-        if st["was_held"] and not held and lifted_now and offset >= ON_PEG_XY:
-            st["drops"] += 1
-        st["was_held"] = held
-
-    steps, success = run_episode(agent, env, seed, on_reset, on_step)
-    # the square hole lines up with the (axis-aligned) peg when the nut's yaw is a multiple of 90 deg
-    yaw_err = wrap_angle(yaw_of(rs.sim.data.body_xmat[nut_id]), np.pi / 2)
-    mode = label(success, [("never_lifted", st["lifted"]), ("lifted_never_over_peg", st["over_peg"])],
-                 "over_peg_not_down")
-    return {"seed": seed, "mode": mode, "steps": steps, "held_at_end": grasped(),
-            "min_peg_offset": round(st["min_offset"], 4),
-            "final_peg_offset": round(peg_offset(), 4),
-            "final_height": round(float(rs.sim.data.body_xpos[nut_id][2]) - table_z, 4),
-            "final_yaw_error_deg": round(float(np.degrees(yaw_err)), 1), "drops": st["drops"]}
+    """One Square episode's row, in a plain env."""
+    return classify(SquareTracker, agent, env, [seed])[0]
 
 
-CLASSIFIERS = {"can": ("can_state", classify_can), "square": ("square_state", classify_square)}
+CLASSIFIERS = {"can": ("can_state", CanTracker), "square": ("square_state", SquareTracker)}
 
 
 def env_task_id(task: str, action_dim: int) -> str:
@@ -151,15 +186,18 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     if task is None:
         p.add_argument("--task", required=True, choices=sorted(CLASSIFIERS))
-    p.add_argument("checkpoint")
-    p.add_argument("seeds", type=int, nargs="+")
+    p.add_argument("checkpoint", help="checkpoint folder or zoo:<task>/<policy>")
+    p.add_argument("seeds", nargs="+", help="episode seeds: integers or start:stop ranges")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--num-inference-steps", type=int, default=10)
     p.add_argument("--n-action-steps", type=int, default=None, help="execute Ta actions per chunk instead of the checkpoint's")
+    p.add_argument("--n-envs", type=int, default=1,
+                   help="envs stepped as one batch, as benchmark --n-envs runs them (with the benchmark's seeds and "
+                        "n-envs the episodes are the benchmark's own); 1: each seed alone")
     p.add_argument("--out", default=None, help="JSON file for the per-seed labels")
     a = p.parse_args(argv)
     task = task or a.task
-    classify = CLASSIFIERS[task][1]
+    seeds = [s for spec in a.seeds for s in parse_seeds(spec)]
     torch.set_num_threads(1)
     policy, _ = load_policy(a.checkpoint, "cpu")
     task_id = env_task_id(task, policy.config.action_dim)
@@ -167,11 +205,9 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
         policy.config = with_action_horizon(policy, a.n_action_steps)
     agent = PolicyAgent(policy)
     agent.sample_kwargs.update(sampler=a.sampler, num_inference_steps=a.num_inference_steps)
-    env = get_task(task_id).make_env()
-    rows = []
-    for seed in a.seeds:
-        rows.append(classify(agent, env, seed))
-        print(json.dumps(rows[-1]), flush=True)
+    n_envs = max(1, min(a.n_envs, len(seeds)))
+    env = make_vector_env(get_task(task_id), n_envs, "sync", render=False) if n_envs > 1 else get_task(task_id).make_env()
+    rows = classify(CLASSIFIERS[task][1], agent, env, seeds)
     env.close()
     counts = Counter(r["mode"] for r in rows)
     print(dict(counts))
@@ -179,7 +215,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
         with open(a.out, "w") as f:
             json.dump({"task": task, "task_id": task_id, "checkpoint": a.checkpoint, "sampler": a.sampler,
                        "num_inference_steps": a.num_inference_steps, "n_action_steps": a.n_action_steps,
-                       "counts": counts, "episodes": rows}, f, indent=1)
+                       "n_envs": n_envs, "machine": machine_description(), "counts": counts, "episodes": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""What a measurement ran on, recorded beside every benchmark and perf result.
+
+Scores and timings depend on it: the sampling runtime picks its kernels by CPU, so float rounding,
+and with it a contact-rich episode's outcome, can differ between CPU models and library builds
+(the same command on the same machine gives the same episodes).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Libraries whose builds change results: the sampling runtimes and the simulators.
+RESULT_LIBRARIES = ("numpy", "openvino", "onnxruntime", "mujoco", "robosuite", "pymunk", "gymnasium")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Platform, CPU model and count, torch and its threads, the device, and the installed versions
+    of :data:`RESULT_LIBRARIES`.
+
+    Example:
+        >>> machine_description("cpu")["torch"] == torch.__version__
+        True
+    """
+    device = torch.device(device)
+    libraries = {}
+    for name in RESULT_LIBRARIES:
+        try:
+            libraries[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    desc = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": str(device), "libraries": libraries}
+    if device.type == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name(device)
+    return desc
