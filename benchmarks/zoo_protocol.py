@@ -30,9 +30,10 @@ Runs go to ``runs/zoo/<task>/<policy>/seed<N>``; per-seed scores to
 
 A card's known failure modes come from its held-out episodes (step limit, how close a dense score
 got, kitchen's sub-tasks). For sparse-reward robosuite entries, simulator labels of the failed
-seeds join them when ``failure_modes.json`` sits beside the held-out result before ``record``::
+seeds join them when ``failure_modes.json`` sits beside the held-out result before ``record``
+(the suite's seeds in its batches of 10 envs; square likewise)::
 
-    python benchmarks/tools/robosuite_failure_modes.py --task can zoo:can_state/diffusion SEED [SEED ...] \
+    python benchmarks/tools/robosuite_failure_modes.py --task can zoo:can_state/diffusion 300000:300100 --n-envs 10 \
         --out benchmarks/results/zoo/held_out/can_state/diffusion/failure_modes.json
 """
 
@@ -362,8 +363,9 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
 def failure_modes(per_episode: dict, seeds: str, max_steps: int | None = None, labels: dict | None = None) -> list[str]:
     """How the failed episodes of one scored run ended, from its per-episode outcomes: how many ran
     to the step limit, how close a dense score (Push-T's coverage) got, the sub-tasks a count task
-    (kitchen) got through, and for sparse-reward tasks the simulator's labels when ``labels`` (a
-    ``benchmarks/tools/robosuite_failure_modes.py --out`` file for exactly the failed seeds) has them."""
+    (kitchen) got through, and for sparse-reward tasks the simulator's labels when ``labels`` (the
+    failed seeds' entries of a ``benchmarks/tools/robosuite_failure_modes.py --out`` file, as
+    :func:`failure_labels` gives them) has them."""
     n = len(per_episode["success"])
     failed = [i for i in range(n) if per_episode["success"][i] is False]
     errored = sum(ok is None for ok in per_episode["success"])  # the rollout raised: no outcome

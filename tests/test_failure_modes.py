@@ -108,6 +108,17 @@ def test_batched_replay_labels_every_seed_in_order(tool) -> None:
     assert all(r["mode"] == "never_lifted" and r["steps"] == 400 and r["regrasps"] == 0 for r in rows)
 
 
+def test_an_async_vector_env_is_refused(tool) -> None:
+    import gymnasium as gym
+
+    env = gym.vector.AsyncVectorEnv([lambda: gym.make("CartPole-v1")])
+    try:
+        with pytest.raises(TypeError, match="plain env or a SyncVectorEnv, not AsyncVectorEnv"):
+            tool.classify(tool.CanTracker, BatchStillAgent(1), env, [0])
+    finally:
+        env.close()
+
+
 def test_env_follows_the_checkpoint_action_space(tool) -> None:
     assert tool.env_task_id("square", 7) == "square_state"
     assert tool.env_task_id("square", 10) == "square_state_abs"

@@ -6,8 +6,9 @@
 Each seed (an integer or a ``start:stop`` range) is played as ``python -m dp_gym.benchmark`` plays
 it (same env and rollout loop, sampler noise keyed by the seed, ``deterministic=True``) and labelled
 from the simulator state. With the benchmark's seeds and ``--n-envs`` the envs run in the same
-batches, so the episodes are the benchmark's own; one seed alone (``--n-envs 1``) runs the sampler at
-batch 1, whose float rounding differs slightly, and a contact-rich episode can then end otherwise.
+batches, so on the same machine the episodes are the benchmark's own (another CPU rounds floats
+differently); one seed alone (``--n-envs 1``) runs the sampler at batch 1, whose float rounding
+differs slightly, and a contact-rich episode can then end otherwise.
 
 Can (``can_state``):
 
@@ -139,7 +140,10 @@ def classify(tracker: type, agent: PolicyAgent, env, seeds: list[int]) -> list[d
     :func:`dp_gym.episodes.rollout`, sampling noise keyed by the seed, ``deterministic=True``. ``env``
     is a plain env (one episode after another) or the benchmark's vector env
     (:func:`dp_gym.evaluation.make_vector_env`, sync), whose batches of envs reproduce the
-    benchmark's episodes exactly. Returns one row per seed, in the order of ``seeds``."""
+    benchmark's episodes on the same machine. Returns one row per seed, in the order of ``seeds``."""
+    if isinstance(env, gym.vector.VectorEnv) and not isinstance(env, gym.vector.SyncVectorEnv):
+        raise TypeError(f"classify reads each env's simulator in this process: give a plain env or a SyncVectorEnv, "
+                        f"not {type(env).__name__}")
     slots = env.envs if isinstance(env, gym.vector.SyncVectorEnv) else [env]
     trackers: dict[int, Any] = {}
     rows: list[dict | None] = [None] * len(seeds)
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None, task: str | None = None) -> None:
     p.add_argument("--n-action-steps", type=int, default=None, help="execute Ta actions per chunk instead of the checkpoint's")
     p.add_argument("--n-envs", type=int, default=1,
                    help="envs stepped as one batch, as benchmark --n-envs runs them (with the benchmark's seeds and "
-                        "n-envs the episodes are the benchmark's own); 1: each seed alone")
+                        "n-envs, on the same machine, the episodes are the benchmark's own); 1: each seed alone")
     p.add_argument("--out", default=None, help="JSON file for the per-seed labels")
     a = p.parse_args(argv)
     task = task or a.task
