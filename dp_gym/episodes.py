@@ -35,13 +35,16 @@ and each episode end, and the wall time of each ``predict`` call: per-episode lo
 Example:
     >>> import gymnasium as gym
     >>> from dp_gym import PolicyAgent
-    >>> agent = PolicyAgent.load("runs/pusht_kp/checkpoints/latest")   # doctest: +SKIP
-    >>> envs = gym.vector.SyncVectorEnv([lambda: gym.make("dp_gym/PushT-v0", obs_type="keypoints")] * 4)
-    >>> episodes = run_episodes(agent, envs, n_episodes=8, seed=100000)  # doctest: +SKIP
-    >>> [round(ep.max_reward, 3) for ep in episodes]                      # doctest: +SKIP
+    >>> agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")  # or PolicyAgent.load(checkpoint dir)
+    >>> make = lambda: gym.make("dp_gym/PushT-v0", obs_type="keypoints", max_episode_steps=20)
+    >>> envs = gym.vector.SyncVectorEnv([make] * 2)
+    >>> episodes = run_episodes(agent, envs, n_episodes=4, seed=100000)
+    >>> [ep.length for ep in episodes]
+    [20, 20, 20, 20]
     >>> lengths = RolloutCallback(on_episode_end=lambda ep: print(ep.seed, ep.length))
-    >>> env = gym.make("dp_gym/PushT-v0", obs_type="keypoints")
-    >>> _ = rollout(agent, env, seeds=[100000, 100001], callbacks=[lengths])  # doctest: +SKIP
+    >>> _ = rollout(agent, make(), seeds=[100000, 100001], callbacks=[lengths])
+    100000 20
+    100001 20
 """
 
 from __future__ import annotations

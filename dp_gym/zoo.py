@@ -13,7 +13,7 @@ An entry is a folder ``<zoo>/<task>/<policy>/`` holding
 The zoo lives in ``benchmarks/zoo`` of the dp_gym checkout (``$DP_GYM_ZOO_DIR`` overrides it).
 
     >>> from dp_gym import PolicyAgent
-    >>> agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")  # doctest: +SKIP
+    >>> agent = PolicyAgent.from_pretrained("zoo:pusht_keypoints/diffusion")
 
 Command line::
 
