@@ -160,6 +160,11 @@ class PolicyAgent:
         extra = 1 if self.env_history else 0
         batched = None
         for key, arr in obs.items():
+            if key in self._image_keys:
+                if arr.dtype != np.uint8:
+                    raise TypeError(f"image observation {key!r} has dtype {arr.dtype}; expected uint8 (H, W, C) with values 0-255")
+            elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                raise TypeError(f"observation {key!r} has dtype {arr.dtype}; expected a numeric array")
             base = self.obs_shapes[key]
             hist = (self.n_obs_steps,) if self.env_history else ()
             if arr.shape == hist + base:
@@ -174,11 +179,6 @@ class PolicyAgent:
             if batched is not None and b != batched:
                 raise ValueError("observation keys disagree on whether the observation is batched")
             batched = b
-            if key in self._image_keys:
-                if arr.dtype != np.uint8:
-                    raise TypeError(f"image observation {key!r} has dtype {arr.dtype}; expected uint8 (H, W, C) with values 0-255")
-            elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-                raise TypeError(f"observation {key!r} has dtype {arr.dtype}; expected a numeric array")
             if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                 raise ValueError(f"observation {key!r} contains NaN or inf")
         if not batched:

@@ -111,6 +111,9 @@ def test_bad_observations_raise_clear_errors():
         agent.predict(bad)
     with pytest.raises(ValueError, match="episode_start"):
         agent.predict(obs_batch(2), episode_start=np.array([True]))
+    for not_numbers in ("hello", np.array(["a"] * 20), [None] * 20):  # named as a type error, not a shape one
+        with pytest.raises(TypeError, match="expected a numeric array"):
+            agent.predict(not_numbers)
     dict_agent = DiffusionAgent(tiny_policy(obs_shapes={"a": [3], "b": [4]}))
     with pytest.raises(KeyError, match="missing keys"):
         dict_agent.predict({"a": np.zeros(3, np.float32)})
