@@ -22,11 +22,11 @@ import gymnasium as gym
 import numpy as np
 
 import dp_gym  # noqa: F401  (registers dp_gym/PushT-v0)
+from dp_gym.checkpoint import atomic_write_json
 from dp_gym.data.replay import read_zarr_replay
+from dp_gym.envs.pusht import SUCCESS_THRESHOLD
 from dp_gym.paths import dataset_path
-
-DATASET = "pusht/pusht_cchi_v7_replay.zarr"
-SUCCESS_THRESHOLD = 0.95
+from dp_gym.tasks import PUSHT_ZARR
 KEYPOINT_TOLERANCE_PX = 5.0  # a wrong placement would be off by tens of pixels
 
 
@@ -38,6 +38,7 @@ def demo_coverage(states: np.ndarray, keypoints: np.ndarray, episode_ends: np.nd
     rows = []
     for episode, (a, b) in enumerate(zip(starts, episode_ends)):
         coverage, keypoint_error = np.empty(b - a), np.empty(b - a)
+        success = False
         for i, t in enumerate(range(a, b)):
             obs, info = env.reset(options={"reset_to_state": states[t]})
             error = keypoint_error[i] = float(np.abs(obs[:18].reshape(9, 2) - keypoints[t]).max())
@@ -45,8 +46,9 @@ def demo_coverage(states: np.ndarray, keypoints: np.ndarray, episode_ends: np.nd
                 raise ValueError(f"frame {t} (episode {episode}): env keypoints differ from the recorded ones by "
                                  f"{error:.2f} px (expected at most {KEYPOINT_TOLERANCE_PX})")
             coverage[i] = info["coverage"]
+            success |= info["is_success"]  # the env's own test (coverage > SUCCESS_THRESHOLD)
         rows.append({"episode": episode, "frames": int(b - a), "max_coverage": float(coverage.max()),
-                     "final_coverage": float(coverage[-1]), "success": bool((coverage > SUCCESS_THRESHOLD).any()),
+                     "final_coverage": float(coverage[-1]), "success": bool(success),
                      "score": float(np.clip(coverage.max() / SUCCESS_THRESHOLD, 0.0, 1.0)),
                      "max_keypoint_error_px": float(keypoint_error.max())})
     env.close()
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $DP_GYM_DATA_DIR, else ./data)")
     p.add_argument("--out", type=Path, default=None, help="write the per-episode table and the summary as JSON here")
     a = p.parse_args(argv)
-    data = read_zarr_replay(dataset_path(DATASET, a.data_dir), keys=["state", "keypoint"])
+    data = read_zarr_replay(dataset_path(PUSHT_ZARR, a.data_dir), keys=["state", "keypoint"])
     rows = demo_coverage(data.arrays["state"], data.arrays["keypoint"], data.episode_ends)
     max_cov = np.array([r["max_coverage"] for r in rows])
     summary = {
@@ -72,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(summary, indent=1))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"dataset": DATASET, "success_threshold": SUCCESS_THRESHOLD, "summary": summary,
-                                     "episodes": rows}, indent=1) + "\n")
+        atomic_write_json(a.out, {"dataset": PUSHT_ZARR, "success_threshold": SUCCESS_THRESHOLD, "summary": summary,
+                                  "episodes": rows})
 
 
 if __name__ == "__main__":
