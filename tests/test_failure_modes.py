@@ -56,10 +56,10 @@ def test_square_labels(tool) -> None:
 
     env = get_task("square_state").make_env()
     try:
-        ok = tool.classify_square(ExpertAgent("square", env.unwrapped), env, seed=3)
+        ok = tool.classify(tool.SquareTracker, ExpertAgent("square", env.unwrapped), env, [3])[0]
         assert ok["mode"] == "success" and ok["steps"] < 400 and ok["min_peg_offset"] < 0.03
         assert ok["final_height"] < 0.05 and abs(ok["final_yaw_error_deg"]) < 10
-        still = tool.classify_square(StillAgent("square", env.unwrapped), env, seed=3)
+        still = tool.classify(tool.SquareTracker, StillAgent("square", env.unwrapped), env, [3])[0]
         assert still["mode"] == "never_lifted" and still["steps"] == 400 and not still["held_at_end"]
         assert still["min_peg_offset"] > 0.03
     finally:
@@ -71,7 +71,7 @@ def test_can_never_lifted(tool) -> None:
 
     env = get_task("can_state").make_env()
     try:
-        row = tool.classify_can(StillAgent("can", env.unwrapped), env, seed=5)
+        row = tool.classify(tool.CanTracker, StillAgent("can", env.unwrapped), env, [5])[0]
         assert row["mode"] == "never_lifted" and row["steps"] == 400 and row["regrasps"] == 0
     finally:
         env.close()

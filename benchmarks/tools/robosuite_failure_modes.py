@@ -162,16 +162,6 @@ def classify(tracker: type, agent: PolicyAgent, env, seeds: list[int]) -> list[d
     return rows  # type: ignore[return-value]
 
 
-def classify_can(agent: PolicyAgent, env, seed: int) -> dict:
-    """One Can episode's row, in a plain env."""
-    return classify(CanTracker, agent, env, [seed])[0]
-
-
-def classify_square(agent: PolicyAgent, env, seed: int) -> dict:
-    """One Square episode's row, in a plain env."""
-    return classify(SquareTracker, agent, env, [seed])[0]
-
-
 CLASSIFIERS = {"can": ("can_state", CanTracker), "square": ("square_state", SquareTracker)}
 
 
