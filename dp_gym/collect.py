@@ -32,7 +32,9 @@ expert's own (closed) gripper action, and the expert, seeing the can away from i
 new pick. Why: a policy trained on flawless scripted demos that lets the can slip flies on to the
 bin empty-handed, because no demo ever shows an empty gripper above the table after lift-off
 (robomimic's human demos contain such re-grasps). The step of the drop is in the demo's attrs
-(``drop_step``; absent when no drop was made). Like action noise, it disables ``actions_abs``.
+(``drop_step``; absent when no drop was made). The pose of every executed action is still the
+expert's, so ``actions_abs`` holds the controller's goal pose with the expert's gripper command, as
+``actions`` does.
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
     drop_planned = bool(drop_rng.random() < drop_prob) if drop_prob > 0 else False
     drop_height = float(drop_rng.uniform(*DROP_HEIGHT))
     drop_step = None
-    # Under noise or a forced drop the controller goal after a step is not the expert's command:
-    # no abs actions.
-    record_abs = action_noise == 0 and drop_prob == 0
+    # Under noise the controller goal after a step is not the expert's command: no abs actions. A
+    # forced drop changes only the executed gripper, so the goal pose is the expert's and the abs
+    # action gets the expert's gripper command, like the stored delta action.
+    record_abs = action_noise == 0
     actions, abs_actions, states, rewards = [], [], [], []
     success, t, first_success = False, 0, None
     while True:
@@ -143,7 +146,8 @@ def run_expert_episode(expert: str, seed: int, record: bool = True, cameras: tup
             rewards.append(reward)
             if record_abs:
                 abs10 = info["abs_action"].reshape(env.n_arms, 10)
-                abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), abs10[:, 9:]], -1).reshape(-1))
+                grip = np.asarray(a, np.float32).reshape(env.n_arms, DELTA_DIM)[:, DELTA_DIM - 1:]
+                abs_actions.append(np.concatenate([abs10[:, :3], rot6d_to_axis_angle(abs10[:, 3:9]), grip], -1).reshape(-1))
         success = bool(info["is_success"])
         if success and first_success is None:
             first_success = t
@@ -229,7 +233,7 @@ def _env_args(expert: str, cameras: tuple[str, ...], image_size: int, action_noi
     return {"env_name": spec.env_name, "type": 1, "env_kwargs": kwargs,
             "dp_gym": {"expert": expert, "actions": "delta", "action_noise": action_noise,
                        "post_success_steps": post_success_steps, "drop_prob": drop_prob,
-                       "actions_abs": None if action_noise > 0 or drop_prob > 0 else "pos+axis_angle+gripper (world)"}}
+                       "actions_abs": None if action_noise > 0 else "pos+axis_angle+gripper (world)"}}
 
 
 @dataclass

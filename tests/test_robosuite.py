@@ -454,8 +454,14 @@ def test_drop_prob_drops_the_held_can_and_the_expert_picks_it_up_again(rs, monke
     from dp_gym.envs.robosuite_env import RobosuiteEnv
     from dp_gym.experts import EXPERTS
 
-    emitted, executed, gap = [], [], []
+    emitted, executed, gap, goals = [], [], [], []
     act, step = EXPERTS["can"].act, RobosuiteEnv.step
+
+    def spy_step(self, a):
+        executed.append(np.array(a))
+        out = step(self, a)
+        goals.append(out[-1]["abs_action"])
+        return out
 
     def spy_act(self):
         gap.append(float(np.linalg.norm(self.grasp_point() - self.eef_pos)))
@@ -463,11 +469,18 @@ def test_drop_prob_drops_the_held_can_and_the_expert_picks_it_up_again(rs, monke
         return emitted[-1]
 
     monkeypatch.setattr(EXPERTS["can"], "act", spy_act)
-    monkeypatch.setattr(RobosuiteEnv, "step", lambda self, a: executed.append(np.array(a)) or step(self, a))
+    monkeypatch.setattr(RobosuiteEnv, "step", spy_step)
     res = collect.run_expert_episode("can", seed=2002, record=True, drop_prob=1.0)
-    assert res.success and res.drop_step is not None and res.data["actions_abs"] is None
+    assert res.success and res.drop_step is not None
     monkeypatch.undo()
-    emitted, executed, gap = np.asarray(emitted), np.asarray(executed), np.asarray(gap)
+    emitted, executed, gap, goals = np.asarray(emitted), np.asarray(executed), np.asarray(gap), np.asarray(goals)
+    # the absolute actions: the controller's goal pose after each step (the expert's pose command,
+    # which the drop does not touch) with the expert's gripper command, not the executed one
+    from dp_gym.data.robomimic import abs_actions_to_rot6d
+
+    abs10 = abs_actions_to_rot6d(res.data["actions_abs"])
+    np.testing.assert_allclose(abs10[:, :9], goals[:, :9], atol=1e-5)
+    np.testing.assert_array_equal(res.data["actions_abs"][:, 6], emitted[:, 6])
     np.testing.assert_array_equal(res.data["actions"], emitted)
     window = slice(res.drop_step - 1, res.drop_step - 1 + collect.DROP_STEPS)  # drop_step is 1-based
     assert (executed[window, 6] == -1.0).all() and (emitted[window, 6] == 1.0).all()
