@@ -17,9 +17,12 @@ them alike), the median over ``--repeats`` (after ``--warmup``) of:
   inference), ``onnx``, ``compile``, ``cuda_graph``. The first call's time
   (export / compilation / capture) is reported separately. The action difference is the max abs
   difference from eager float32 for the same noise, in normalised action units (range [-1, 1]);
-* training samples/s at ``--train-batch``: ``plain`` (AdamW's default implementation, loss read
-  back and checked every step) against ``fast`` (:func:`dp_gym.train.make_train_step`: fused AdamW,
-  no per-step host sync), same initial weights and batches, with the largest loss difference;
+* training samples/s at ``--train-batch``: ``plain`` (PyTorch's own layers, AdamW's default
+  implementation, loss read back and checked every step) against ``fast``
+  (:func:`dp_gym.train.make_train_step`: fused AdamW, no per-step host sync, the CPU training
+  kernels of :mod:`dp_gym.policies.diffusion.train_kernels`), same initial weights and batches,
+  with the largest loss difference; every ``--autocast`` variant in one round-robin, each also
+  against plain float32;
 * env steps/s of the Push-T env (keypoints and pixels observations), ``--n-envs`` in a sync
   vector, against the env as it was before (gym-pusht's coverage computed twice per step, its
   strided canvas copy for pixel observations).
@@ -194,56 +197,70 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
 
 def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
     from dp_gym.ema import EMA
+    from dp_gym.policies.diffusion.train_kernels import pytorch_kernels
     from dp_gym.train import TrainConfig, _LossModule, make_optimizer, make_train_step
 
     rows = []
     for kind in cfg.kinds.split(","):
         for size in cfg.sizes.split(","):
+            fns: dict[tuple[str, str], Any] = {}
+            losses: dict[tuple[str, str], list] = {}
             for ac in [a for a in cfg.autocast.split(",") if a]:
                 dtype = AUTOCAST_DTYPES[ac]
                 if ac == "fp16" and device.type != "cuda":
                     continue
+                torch.manual_seed(0)
                 policy = build_policy(kind, size, device).train()
                 fast_policy = build_policy(kind, size, device).train()
                 fast_policy.load_state_dict(policy.state_dict())
                 obs = random_obs(policy, cfg.train_batch, device)
                 batch = {**obs, "action": (torch.rand(cfg.train_batch, policy.config.horizon, 2) * 512).to(device)}
-                losses: dict[str, list] = {"plain": [], "fast": []}
+                plain_losses, fast_losses = losses[(ac, "plain")], losses[(ac, "fast")] = [], []
 
                 opt = torch.optim.AdamW(policy.optim_groups(), lr=1e-4, betas=(0.95, 0.999), eps=1e-8)
                 ema, scaler = EMA(policy), torch.amp.GradScaler(device.type, enabled=ac == "fp16")
 
-                def plain() -> None:  # AdamW's default implementation; the loss read back and checked every step
-                    torch.manual_seed(len(losses["plain"]))
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        loss = policy.compute_loss(batch)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError("non-finite loss")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                def plain(policy=policy, batch=batch, opt=opt, ema=ema, scaler=scaler, dtype=dtype, out=plain_losses) -> None:
+                    # PyTorch's own layers and AdamW's default implementation; the loss read
+                    # back and checked every step
+                    torch.manual_seed(len(out))
+                    with pytorch_kernels():
+                        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                            loss = policy.compute_loss(batch)
+                        if not torch.isfinite(loss):
+                            raise FloatingPointError("non-finite loss")
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
                     ema.update(policy)
-                    losses["plain"].append(loss.item())
+                    out.append(loss.item())
 
                 opt_fast = make_optimizer(fast_policy, TrainConfig(lr=1e-4))
                 step_fast = make_train_step(_LossModule(fast_policy), fast_policy, opt_fast,
                                             torch.optim.lr_scheduler.LambdaLR(opt_fast, lambda s: 1.0), EMA(fast_policy),
                                             torch.amp.GradScaler(device.type, enabled=ac == "fp16"), dtype, device)
 
-                def fast() -> None:
-                    torch.manual_seed(len(losses["fast"]))
-                    losses["fast"].append(step_fast(batch))
+                def fast(step=step_fast, batch=batch, out=fast_losses) -> None:
+                    torch.manual_seed(len(out))
+                    out.append(step(batch))
 
-                ms = interleaved_ms({"plain": plain, "fast": fast}, device, cfg.train_steps, cfg.warmup)
-                diff = max(abs(a - float(b)) for a, b in zip(losses["plain"], losses["fast"]))
-                for name, m in ms.items():
-                    row = {"kind": kind, "size": size, "autocast": ac, "batch": cfg.train_batch, "variant": name,
-                           "ms_per_step": m, "samples_per_s": cfg.train_batch / (m / 1000), "speedup_vs_plain": ms["plain"] / m,
-                           "max_loss_diff_vs_plain": diff, "params_M": sum(p.numel() for p in policy.parameters()) / 1e6}
-                    rows.append(row)
-                    print(f"train   {kind:6s} {size:5s} {ac:4s} batch {cfg.train_batch} {name:5s}: {row['samples_per_s']:.1f} samples/s "
-                          f"({row['speedup_vs_plain']:.2f}x plain, loss diff {diff:.1e})", flush=True)
+                fns[(ac, "plain")], fns[(ac, "fast")] = plain, fast
+            # every variant of every autocast in one round-robin, so their ratios share the load
+            ms = interleaved_ms(fns, device, cfg.train_steps, cfg.warmup)
+            n_params = sum(p.numel() for p in build_policy(kind, size, device).parameters()) / 1e6
+            for (ac, name), m in ms.items():
+                ref = [float(x) for x in losses[(ac, "plain")]]
+                diff = max(abs(a - float(b)) for a, b in zip(ref, losses[(ac, name)]))
+                row = {"kind": kind, "size": size, "autocast": ac, "batch": cfg.train_batch, "variant": name,
+                       "ms_per_step": m, "samples_per_s": cfg.train_batch / (m / 1000),
+                       "speedup_vs_plain": ms[(ac, "plain")] / m,
+                       "speedup_vs_plain_fp32": ms[("no", "plain")] / m if ("no", "plain") in ms else None,
+                       "max_loss_diff_vs_plain": diff, "params_M": n_params}
+                rows.append(row)
+                print(f"train   {kind:6s} {size:5s} {ac:4s} batch {cfg.train_batch} {name:5s}: {row['samples_per_s']:.1f} samples/s "
+                      f"({row['speedup_vs_plain']:.2f}x plain, {_ratio(row['speedup_vs_plain_fp32'])} plain float32, "
+                      f"loss diff {diff:.1e})", flush=True)
     return rows
 
 
@@ -308,11 +325,13 @@ def to_markdown(res: dict[str, Any]) -> str:
         lines.append("")
     if res["train"]:
         lines += ["## Training throughput (variants interleaved, same weights and batches)", "",
-                  "| policy | size | params | autocast | batch | variant | ms/step | samples/s | speed-up vs plain | max loss diff vs plain |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| policy | size | params | autocast | batch | variant | ms/step | samples/s | speed-up vs plain "
+                  "| speed-up vs plain float32 | max loss diff vs plain |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["train"]:
             lines.append(f"| {r['kind']} | {r['size']} | {r['params_M']:.1f}M | {r['autocast']} | {r['batch']} | {r['variant']} "
-                         f"| {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | {_ratio(r['speedup_vs_plain'])} | {r['max_loss_diff_vs_plain']:.1e} |")
+                         f"| {r['ms_per_step']:.0f} | {r['samples_per_s']:.1f} | {_ratio(r['speedup_vs_plain'])} "
+                         f"| {_ratio(r.get('speedup_vs_plain_fp32'))} | {r['max_loss_diff_vs_plain']:.1e} |")
         lines.append("")
     if res["env"]:
         lines += ["## Environment speed (steps interleaved)", "", "| env | envs | env-steps/s | previous env: env-steps/s | speed-up |",

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from dp_gym.policies.diffusion.train_kernels import Conv1d, Mish
+
 
 class SinusoidalPosEmb(nn.Module):
     """Transformer-style sinusoidal embedding of a (B,) diffusion step."""
@@ -30,9 +32,9 @@ class Conv1dBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int) -> None:
         super().__init__(
-            nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+            Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_ch),
-            nn.Mish(),
+            Mish(),
         )
 
 
@@ -47,7 +49,7 @@ class ConditionalResidualBlock1D(nn.Module):
         self.block1 = Conv1dBlock(in_ch, out_ch, kernel_size, n_groups)
         self.block2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_ch))
-        self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.residual = Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         h = self.block1(x)
@@ -134,7 +136,7 @@ class ConditionalUnet1D(nn.Module):
                 nn.ConvTranspose1d(d_in, d_in, 4, stride=2, padding=1),
             ]))
         self.final = nn.Sequential(
-            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], action_dim, 1)
+            Conv1dBlock(down_dims[0], down_dims[0], kernel_size, n_groups), Conv1d(down_dims[0], action_dim, 1)
         )
         self.film_sizes = [2 * blk.out_ch for blk in self._res_blocks()]
 
