@@ -310,7 +310,8 @@ def _ratio(x: float | None) -> str:
 
 def to_markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
-    lines = ["# dp_gym performance", "", f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']})"
+    bf16 = f"; bfloat16 units: {', '.join(m['cpu_bf16'])}" if m.get("cpu_bf16") else ""
+    lines = ["# dp_gym performance", "", f"Machine: {m['cpu']} ({m['cpu_count']} CPUs, torch threads {m['torch_threads']}{bf16})"
              + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}; device `{m['device']}`.", "",
              f"Command: `{res['command']}`", ""]
     if res["predict"]:

@@ -136,3 +136,18 @@ def test_unet_training_step_matches_pytorch_kernels():
         torch.testing.assert_close(loss, loss_ref, rtol=tol, atol=0)
         for a, b in zip(ours, ref):
             assert (a - b).abs().max() <= tol * b.abs().max() + 1e-7
+
+
+def test_cpu_bf16_flags_and_training_hint():
+    from dp_gym.train import TrainConfig, bf16_hint
+    from dp_gym.utils.machine import cpu_bf16_flags
+
+    assert cpu_bf16_flags("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n") == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_flags("flags\t\t: fpu avx2\n") == [] and cpu_bf16_flags("") == []
+    cpu = torch.device("cpu")
+    cfg = TrainConfig(task="pusht_keypoints", policy="diffusion")
+    assert "--mixed-precision bf16" in bf16_hint(cfg, cpu, ["avx512_bf16"])
+    assert bf16_hint(cfg, cpu, []) is None
+    assert bf16_hint(TrainConfig(task="pusht_keypoints", policy="diffusion", mixed_precision="bf16"), cpu, ["avx512_bf16"]) is None
+    assert bf16_hint(TrainConfig(task="pusht_keypoints", policy="bc"), cpu, ["avx512_bf16"]) is None
+    assert bf16_hint(cfg, torch.device("cuda"), ["avx512_bf16"]) is None

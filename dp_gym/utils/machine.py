@@ -30,9 +30,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction sets a CPU runs bfloat16 arithmetic with (names as /proc/cpuinfo gives them).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The bfloat16 instruction sets (:data:`BF16_CPU_FLAGS`) among the CPU's flags, read from
+    ``cpuinfo`` (``/proc/cpuinfo``'s text; read from the file when None). Empty where the file
+    is missing (not Linux) or names none.
+
+    Example:
+        >>> cpu_bf16_flags("flags\t\t: fpu avx512f avx512_bf16 sse2")
+        ['avx512_bf16']
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return [f for f in BF16_CPU_FLAGS if f in flags]
+    return []
+
+
 def machine_description(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Platform, CPU model and count, torch and its threads, the device, and the installed versions
-    of :data:`RESULT_LIBRARIES`.
+    """Platform, CPU model, its bfloat16 instruction sets and count, torch and its threads, the
+    device, and the installed versions of :data:`RESULT_LIBRARIES`.
 
     Example:
         >>> machine_description("cpu")["torch"] == torch.__version__
@@ -46,7 +71,8 @@ def machine_description(device: torch.device | str = "cpu") -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     desc = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "cpu_bf16": cpu_bf16_flags(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "device": str(device), "libraries": libraries}
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
