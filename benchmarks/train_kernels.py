@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dp_gym.perf import interleaved_ms
-from dp_gym.policies.diffusion import train_kernels
 from dp_gym.policies.diffusion.train_kernels import Conv1d, Mish
 
 # (in channels, out channels, time steps, uses per training step) of the small UNet's kernel-5
@@ -69,7 +68,6 @@ def main() -> None:
         def dp_gym_mish() -> None:
             ours(x).backward(grad)
 
-        assert train_kernels._enabled
         ms = interleaved_ms({"pytorch": pytorch_mish, "dp_gym": dp_gym_mish}, cpu, args.repeats * 3, 5)
         print(f"  {str(dtype).replace('torch.', ''):8s}: pytorch {ms['pytorch']:.3f}  dp_gym {ms['dp_gym']:.3f} "
               f"({ms['pytorch'] / ms['dp_gym']:.2f}x)")

@@ -136,7 +136,9 @@ def _predict_variant(policy, mode: str, autocast: str, obs, noise, sampler: str,
     """(callable returning the actions, its accelerator or None for ``per_step``)."""
     if mode == "per_step":
         def run() -> torch.Tensor:
-            with torch.inference_mode():
+            from dp_gym.policies.kernels import pytorch_kernels
+
+            with torch.inference_mode(), pytorch_kernels():  # the textbook loop: PyTorch's own layers
                 x = per_step_loop(policy.denoiser, policy.scheduler, sampler, steps, policy.encode_obs(obs), noise)
                 return policy.action_normalizer.unnormalize(x)
         return run, None
@@ -197,7 +199,7 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
 
 def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
     from dp_gym.ema import EMA
-    from dp_gym.policies.diffusion.train_kernels import pytorch_kernels
+    from dp_gym.policies.kernels import pytorch_kernels
     from dp_gym.train import TrainConfig, _LossModule, make_optimizer, make_train_step
 
     rows = []

@@ -378,3 +378,36 @@ def test_optimiser_groups_follow_the_paper():
     assert {id(p) for p in groups[2]["params"]} == {id(p) for p in tr.image_encoder.parameters()}
     assert tr.optim_groups(0.05)[0]["weight_decay"] == 0.05
     torch.optim.AdamW(groups, lr=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_max_pool_matches_pytorch(dtype):
+    from dp_gym.policies.vision import MaxPool2d
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 13, 12).to(dtype)
+    x[0, 0, :4, :4] = 1.0  # ties: a plateau several windows share
+    ours, ref = MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(3, 2, 1)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(a), ref(b)
+    assert type(ya.grad_fn).__name__ == "_ChannelsLastMaxPoolBackward" and ya.is_contiguous()
+    assert torch.equal(ya, yb)
+    grad = torch.randn_like(ya)
+    ya.backward(grad)
+    yb.backward(grad)
+    assert a.grad.dtype == dtype
+    if dtype == torch.float32:
+        assert torch.equal(a.grad, b.grad)
+    else:  # summed in float32 and rounded once (ATen rounds every bfloat16 sum): within half an ulp of exact
+        c = x.double().requires_grad_()
+        ref(c).backward(grad.double())
+        assert ((a.grad.double() - c.grad).abs() <= c.grad.abs() * 2.0 ** -8).all()
+    # other configurations and the reference context take nn.MaxPool2d's own path
+    from dp_gym.policies.kernels import pytorch_kernels
+
+    with pytorch_kernels():
+        assert type(ours(x.clone().requires_grad_()).grad_fn).__name__ == "MaxPool2DWithIndicesBackward0"
+    y = MaxPool2d(3, 2, 1, dilation=2)(x.clone().requires_grad_())
+    assert type(y.grad_fn).__name__ != "_ChannelsLastMaxPoolBackward"

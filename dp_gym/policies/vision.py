@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dp_gym.policies.kernels import enabled
+
 
 def group_norm(channels: int, group_size: int = 16) -> nn.GroupNorm:
     """GroupNorm with ``channels / group_size`` groups (the paper: 16 channels per group)."""
@@ -51,6 +53,49 @@ class BasicBlock(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
+class _ChannelsLastMaxPool(torch.autograd.Function):
+    """Max pool of a contiguous (N, C, H, W) batch run in channels-last layout, with its gradient
+    scattered back through the pool's flat per-plane indices (the same in either layout), summed
+    in float32 as ATen's backward does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        out, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, return_indices=True)
+        ctx.save_for_backward(idx.contiguous())
+        ctx.shape = x.shape
+        return out.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        grad_x = grad.new_zeros(n, c, h * w, dtype=torch.float32)
+        grad_x.scatter_add_(2, idx.view(n, c, -1), grad.contiguous().view(n, c, -1).float())
+        return grad_x.view(n, c, h, w).to(grad.dtype), None, None, None
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that pools a contiguous CPU (N, C, H, W) batch in channels-last layout and
+    hands it back contiguous: the same values bit for bit, and in float32 the same gradient (in
+    bfloat16 the gradient's sums are rounded once instead of per addition).
+    PyTorch's channels-first CPU kernel runs the stem's 3x3 / 2 pool 4-6x slower than its
+    channels-last one, layout copies included, and the gradient is scattered through the pool's
+    indices rather than by the channels-last backward, which is slow too
+    (``benchmarks/maxpool_layout.py``). Exports, compiled graphs and
+    :func:`~dp_gym.policies.kernels.pytorch_kernels` keep the plain pool."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (self.dilation != 1 or self.ceil_mode or self.return_indices or not isinstance(self.kernel_size, int)
+                 or not isinstance(self.stride, int) or not isinstance(self.padding, int))
+        if (not plain and enabled() and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and not torch.jit.is_tracing()
+                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+            if not (x.requires_grad and torch.is_grad_enabled()):
+                return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
+                                    self.padding).contiguous()
+            return _ChannelsLastMaxPool.apply(x, self.kernel_size, self.stride, self.padding)
+        return super().forward(x)
+
+
 class ResNet18Trunk(nn.Module):
     """ResNet-18 up to the last residual stage (no pooling, no classifier): (N, C, H, W) →
     (N, 8 * width, h, w). ``width`` is the stem's channel count (64 in ResNet-18; the stages have
@@ -63,7 +108,7 @@ class ResNet18Trunk(nn.Module):
             raise ValueError(f"ResNet width must be a positive multiple of the GroupNorm group size {group_size}, got {width}")
         self.out_channels = 8 * width
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), group_norm(width, group_size), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), group_norm(width, group_size), nn.ReLU(), MaxPool2d(3, 2, 1)
         )
         stages = []
         in_ch = width

@@ -9,30 +9,13 @@ for short sequences, and ATen's Mish forward + backward.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_enabled = True
+from dp_gym.policies.kernels import enabled, pytorch_kernels
 
-
-@contextlib.contextmanager
-def pytorch_kernels() -> Iterator[None]:
-    """Within this context :class:`Conv1d` and :class:`Mish` run PyTorch's own kernels: the
-    reference ``python -m dp_gym.perf`` times the training step against.
-
-    >>> with pytorch_kernels():
-    ...     y = Mish()(torch.ones(2, requires_grad=True))
-    """
-    global _enabled
-    previous, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = previous
+__all__ = ["Conv1d", "Mish", "pytorch_kernels"]
 
 
 class _Bf16Conv1dFunction(torch.autograd.Function):
@@ -87,7 +70,7 @@ class Conv1d(nn.Conv1d):
         self._same_padded = kernel_size == 2 * padding + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (_enabled and self._same_padded and x.shape[-1] <= self.SHORT_SEQUENCE and x.device.type == "cpu" and torch.is_grad_enabled()
+        if (enabled() and self._same_padded and x.shape[-1] <= self.SHORT_SEQUENCE and x.device.type == "cpu" and torch.is_grad_enabled()
                 and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
             # Cast as autocast would (input, weight and bias to bfloat16), then run the function
             # with autocast off; the casts' backward returns float32 gradients to the weights.
@@ -125,7 +108,7 @@ class Mish(nn.Mish):
     :class:`_MishFunction` (2.1-2.3x ATen's forward + backward on the UNet's activations)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (_enabled and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+        if (enabled() and x.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
                 and x.dtype in (torch.float32, torch.bfloat16)):
             return _MishFunction.apply(x)
         return super().forward(x)
