@@ -55,8 +55,8 @@ class BasicBlock(nn.Module):
 
 class _ChannelsLastMaxPool(torch.autograd.Function):
     """Max pool of a contiguous (N, C, H, W) batch run in channels-last layout, with its gradient
-    scattered back through the pool's flat per-plane indices (the same in either layout), summed
-    in float32 as ATen's backward does."""
+    scattered back through the pool's flat per-plane indices (the same in either layout) and
+    summed in float32 (ATen's channels-first backward sums in the input's dtype)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
