@@ -1,15 +1,14 @@
 """The ResNet stem's 3x3 / 2 max pool on CPU, one thread: PyTorch's channels-first kernel against
 dp_gym's ``MaxPool2d`` (channels-last pool, layout copies included), forward and forward +
 backward, at the camera network's inference (20 frames: 10 envs x 2 observation steps) and
-training (64 frames: batch 32 x 2) sizes of an 84x84 crop; and one image-policy training step
-with each pool.
+training (64 frames: batch 32 x 2) sizes of an 84x84 crop. (An image-policy training step is
+timed by ``python -m dp_gym.perf --kinds image``.)
 
     python benchmarks/maxpool_layout.py
 """
 import argparse
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dp_gym.perf import interleaved_ms

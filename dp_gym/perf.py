@@ -46,6 +46,7 @@ import torch
 from dp_gym.checkpoint import atomic_write_bytes, atomic_write_json
 from dp_gym.evaluation import timed_s
 from dp_gym.policies import make_policy, model_sizes
+from dp_gym.policies.kernels import pytorch_kernels
 from dp_gym.policies.diffusion.accelerate import AUTOCAST_DTYPES, RUNTIMES, SamplingAccelerator, per_step_loop, runtime_autocasts
 from dp_gym.utils.cli import command_line, option, parse_config, run_cli
 from dp_gym.utils.machine import machine_description
@@ -136,8 +137,6 @@ def _predict_variant(policy, mode: str, autocast: str, obs, noise, sampler: str,
     """(callable returning the actions, its accelerator or None for ``per_step``)."""
     if mode == "per_step":
         def run() -> torch.Tensor:
-            from dp_gym.policies.kernels import pytorch_kernels
-
             with torch.inference_mode(), pytorch_kernels():  # the textbook loop: PyTorch's own layers
                 x = per_step_loop(policy.denoiser, policy.scheduler, sampler, steps, policy.encode_obs(obs), noise)
                 return policy.action_normalizer.unnormalize(x)
@@ -199,7 +198,6 @@ def bench_predict(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]
 
 def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
     from dp_gym.ema import EMA
-    from dp_gym.policies.kernels import pytorch_kernels
     from dp_gym.train import TrainConfig, _LossModule, make_optimizer, make_train_step
 
     rows = []
@@ -248,9 +246,9 @@ def bench_train(cfg: PerfConfig, device: torch.device) -> list[dict[str, Any]]:
                     out.append(step(batch))
 
                 fns[(ac, "plain")], fns[(ac, "fast")] = plain, fast
+                n_params = sum(p.numel() for p in policy.parameters()) / 1e6
             # every variant of every autocast in one round-robin, so their ratios share the load
             ms = interleaved_ms(fns, device, cfg.train_steps, cfg.warmup)
-            n_params = sum(p.numel() for p in build_policy(kind, size, device).parameters()) / 1e6
             for (ac, name), m in ms.items():
                 ref = [float(x) for x in losses[(ac, "plain")]]
                 diff = max(abs(a - float(b)) for a, b in zip(ref, losses[(ac, name)]))

@@ -84,11 +84,15 @@ class MaxPool2d(nn.MaxPool2d):
     (``benchmarks/maxpool_layout.py``). Exports, compiled graphs and
     :func:`~dp_gym.policies.kernels.pytorch_kernels` keep the plain pool."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # the square, undilated, floor-mode pools the channels-last form is written for
+        self._channels_last_form = (self.dilation == 1 and not self.ceil_mode and not self.return_indices
+                                    and all(isinstance(v, int) for v in (self.kernel_size, self.stride, self.padding)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        plain = (self.dilation != 1 or self.ceil_mode or self.return_indices or not isinstance(self.kernel_size, int)
-                 or not isinstance(self.stride, int) or not isinstance(self.padding, int))
-        if (not plain and enabled() and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and not torch.jit.is_tracing()
-                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
+        if (self._channels_last_form and enabled() and x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()):
             if not (x.requires_grad and torch.is_grad_enabled()):
                 return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), self.kernel_size, self.stride,
                                     self.padding).contiguous()

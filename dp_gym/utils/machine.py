@@ -19,14 +19,19 @@ import torch
 RESULT_LIBRARIES = ("numpy", "openvino", "onnxruntime", "mujoco", "robosuite", "pymunk", "gymnasium")
 
 
+def _cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text; empty where there is none (not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -43,12 +48,7 @@ def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
         >>> cpu_bf16_flags("flags\t\t: fpu avx512f avx512_bf16 sse2")
         ['avx512_bf16']
     """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    for line in cpuinfo.splitlines():
+    for line in (_cpuinfo() if cpuinfo is None else cpuinfo).splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             return [f for f in BF16_CPU_FLAGS if f in flags]
