@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -661,6 +662,11 @@ def train(cfg: TrainConfig) -> Path:
                     save_checkpoint(out, cfg, state, rng, world)
         bar.close()
     if world > 1:
+        # Release the DistributedDataParallel wrapper (its reducer holds the process group and gloo's
+        # pending work objects) while the interpreter is fully alive: left to interpreter shutdown,
+        # gloo's worker threads can abort the process after training has finished.
+        del train_step, model
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
     if main_process:
