@@ -126,20 +126,20 @@ RECIPES: dict[str, dict] = {
         summary="Diffusion Policy (UNet small, 4.56 M parameters, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 9 block "
                 "keypoints + agent position, trained with Gaussian noise of std 0.02 on the normalised observations; "
                 "DDIM-10 sampling."),
-    # Push-T from pixels: what one CPU core affords in about 35 minutes per training seed, with a
+    # Push-T from pixels: what one CPU core affords in under an hour per training seed, with a
     # half-width ResNet-18 (a quarter of its parameters: 1.6x the training steps/s, and weights that
     # fit the zoo's size budget) under bf16 autocast (1.6x again on a CPU with bf16 instructions);
     # the card also carries the paper's GPU recipe (PUSHT_IMAGE_GPU_RECIPE).
     "pusht_image/diffusion": dict(
         train="--task pusht_image --policy diffusion --model-size small --policy-overrides '{\"image_encoder_width\": 32}' "
-              "--steps 7000 --batch-size 32 --lr 1e-4 --warmup-steps 200 --checkpoint-every 200 --keep-every 1000 "
+              "--steps 10000 --batch-size 32 --lr 1e-4 --warmup-steps 200 --checkpoint-every 200 --keep-every 1000 "
               "--val-every 1000 --log-every 50 --num-threads 1 --mixed-precision bf16",
         seeds=[0, 1, 2], benchmark_args=DDIM10, data=PUSHT_ZARR, gpu_recipe=PUSHT_IMAGE_GPU_RECIPE,
-        machine="a 2-core x86-64 CPU (AMD EPYC, Zen 4, AVX-512 with bf16), 1 torch thread; training seeds 0 and 1 side by "
-                "side, seed 2 beside another training and the evaluations",
+        machine="a 2-core x86-64 CPU (AMD EPYC, Zen 4, AVX-512 with bf16), 1 torch thread, each training seed beside "
+                "another training and, at times, evaluations",
         summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 96×96 RGB (ResNet-18 at half "
                 "width (32-64-128-256 channels), GroupNorm + spatial softmax, 84×84 random crops) + agent position, "
-                "trained on a CPU budget (7000 steps of 32, about 9 epochs, under bf16 autocast); DDIM-10 sampling."),
+                "trained on a CPU budget (10000 steps of 32, about 13 epochs, under bf16 autocast); DDIM-10 sampling."),
     # The baselines from pixels get the diffusion entry's camera encoder and its budget (5000 steps
     # of 32, one torch thread); IBC's ResNet-18 is at quarter width (GroupNorm groups as at half
     # width), which keeps the zoo's weights under 80 MB.
