@@ -140,9 +140,9 @@ RECIPES: dict[str, dict] = {
         summary="Diffusion Policy (UNet small, ε-prediction, To=2 Ta=8 Tp=16) on Push-T from 96×96 RGB (ResNet-18 at half "
                 "width (32-64-128-256 channels), GroupNorm + spatial softmax, 84×84 random crops) + agent position, "
                 "trained on a CPU budget (10000 steps of 32, about 13 epochs, under bf16 autocast); DDIM-10 sampling."),
-    # The baselines from pixels get the diffusion entry's camera encoder and its budget (5000 steps
-    # of 32, one torch thread); IBC's ResNet-18 is at quarter width (GroupNorm groups as at half
-    # width), which keeps the zoo's weights under 80 MB.
+    # The baselines from pixels get the diffusion entry's camera encoder and a smaller budget (5000
+    # float32 steps of 32, one torch thread); IBC's ResNet-18 is at quarter width (GroupNorm groups
+    # as at half width), which keeps the zoo's weights under 80 MB.
     "pusht_image/bc": dict(
         train="--task pusht_image --policy bc --model-size medium --policy-overrides '{\"image_encoder_width\": 32}' "
               "--steps 5000 --batch-size 32 --lr 1e-4 --warmup-steps 200 --checkpoint-every 200 --keep-every 1000 "
