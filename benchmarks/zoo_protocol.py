@@ -128,7 +128,7 @@ RECIPES: dict[str, dict] = {
                 "DDIM-10 sampling."),
     # Push-T from pixels: what one CPU core affords in under an hour per training seed, with a
     # half-width ResNet-18 (a quarter of its parameters: 1.6x the training steps/s, and weights that
-    # fit the zoo's size budget) under bf16 autocast (1.6x again on a CPU with bf16 instructions);
+    # fit the zoo's size budget) under bf16 autocast (1.5x again on a CPU with bf16 instructions);
     # the card also carries the paper's GPU recipe (PUSHT_IMAGE_GPU_RECIPE).
     "pusht_image/diffusion": dict(
         train="--task pusht_image --policy diffusion --model-size small --policy-overrides '{\"image_encoder_width\": 32}' "
