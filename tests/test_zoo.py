@@ -367,3 +367,28 @@ def test_failure_labels_cover_every_failed_seed(tmp_path):
     (tmp_path / "failure_modes.json").write_text(json.dumps({"episodes": failed_only["episodes"][:1]}))
     with pytest.raises(ValueError, match=r"no label for the failed seeds \[10\]"):
         zp.failure_labels(tmp_path, [10, 11, 12], per_episode)
+
+
+def test_shipped_seed_is_the_median_of_the_committed_selection_runs():
+    # every multi-seed entry ships the seed its recipe's ranking puts in the middle of the
+    # selection-seed results committed beside it (benchmarks/results/zoo/<entry>/seedN/selection/)
+    zp = load_protocol()
+    checked = 0
+    for entry in SHIPPED:
+        recipe = zp.RECIPES[entry.name]
+        if len(recipe["seeds"]) < 2:
+            continue
+        selection = {s: next(iter(json.loads((zp.score_dir(entry.name, s, "selection") / "results.json").read_text())["results"].values()))
+                     for s in recipe["seeds"]}
+        assert zp.median_seed(entry.name, selection) == entry.card["training"]["shipped_seed"], entry.name
+        checked += 1
+    assert checked >= 10
+
+
+def test_median_seed_ranks_by_the_recipes_rule():
+    zp = load_protocol()
+    results = {0: {"success_rate": 0.06, "mean_max_reward": 0.674}, 1: {"success_rate": 0.10, "mean_max_reward": 0.736},
+               2: {"success_rate": 0.08, "mean_max_reward": 0.670}}
+    assert zp.RECIPES["pusht_image/diffusion"]["rank_by"] == "task_score"
+    assert zp.median_seed("pusht_image/diffusion", results) == 0  # coverage: 0.670 < 0.674 < 0.736
+    assert zp.median_seed("pusht_keypoints/diffusion", results) == 2  # success first: 0.06 < 0.08 < 0.10
