@@ -11,7 +11,6 @@ and plots score, success and predict latency per chunk against the number of den
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dp_gym import benchmark
@@ -40,7 +39,7 @@ def main() -> None:
                                  "--videos", "0", "--latency-repeats", "10", "--num-threads", str(a.num_threads), "--out-dir", str(sub)])
             if rc:
                 raise SystemExit(f"the benchmark of {sampler}-{steps} failed (exit status {rc}, see above)")
-        r = next(iter(json.loads((sub / "results.json").read_text())["results"].values()))
+        r = benchmark.read_result(sub)
         rows.append({"sampler": sampler, "steps": steps, "mean_max_reward": r["mean_max_reward"], "success_rate": r["success_rate"],
                      "success_ci95": r["success_ci95"], "predict_latency_ms_median": r["predict_latency_ms_median"],
                      "episodes": r["episodes"]})

@@ -11,7 +11,8 @@ The protocol (README, "Evaluation protocol"):
 Every entry is trained with several training seeds from one fixed recipe (below). ``ship`` scores
 each seed's final checkpoint on the selection seeds, ships the median one (not the best; ranked by
 success rate, then the task's score, or by the task's score alone where the recipe's ``rank_by``
-says so) as float16 weights, and scores every seed on the held-out seeds for the mean and range across training seeds.
+says so) as float16 weights, and scores every seed on the held-out seeds for the mean and range
+across training seeds.
 An entry with one training seed (IBC) needs no selection; shipped in float32
 (IBC), it is the training checkpoint itself and is scored on the held-out seeds once, by the suite.
 The shipped entries themselves are then scored by the zoo suite
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import dp_gym
 import torch
-from dp_gym.benchmark import task_score
+from dp_gym.benchmark import read_result, task_score
 from dp_gym.paths import dataset_path
 from dp_gym.tasks import KITCHEN_COMPLETE_HDF5, PUSHT_ZARR, get_task
 from dp_gym.zoo import ZooEntry, export, get_entry, write_card
@@ -289,7 +290,7 @@ def evaluate(name: str, seed: int, split: str, seeds: str) -> dict:
                *RECIPES[name]["benchmark_args"], "--seeds", seeds, "--n-envs", "10", "--videos", "0", "--latency-repeats", "3",
                "--num-threads", "1", "--out-dir", str(out)]
         subprocess.run(cmd, check=True)
-    return next(iter(json.loads((out / "results.json").read_text())["results"].values()))
+    return read_result(out)
 
 
 def score(r: dict) -> tuple[float, float]:
@@ -297,14 +298,19 @@ def score(r: dict) -> tuple[float, float]:
     return (r["success_rate"], task_score(r)[1])
 
 
+def rank_by(name: str) -> str:
+    """How an entry's training seeds are ranked: ``"score"`` (the default) or ``"task_score"``."""
+    rule = RECIPES[name].get("rank_by", "score")
+    if rule not in ("score", "task_score"):
+        raise ValueError(f"{name}: rank_by must be 'score' or 'task_score', got {rule!r}")
+    return rule
+
+
 def median_seed(name: str, selection: dict[int, dict]) -> int:
     """The training seed an entry ships: the median of its seeds' selection results, ranked by
     ``score`` or, where the recipe says ``rank_by="task_score"``, by the task's score alone (the
     lower middle of an even count; ties keep the seeds' order, lowest first)."""
-    rank_by = RECIPES[name].get("rank_by", "score")
-    if rank_by not in ("score", "task_score"):
-        raise ValueError(f"{name}: rank_by must be 'score' or 'task_score', got {rank_by!r}")
-    rank = (lambda r: task_score(r)[1]) if rank_by == "task_score" else score
+    rank = (lambda r: task_score(r)[1]) if rank_by(name) == "task_score" else score
     ranked = sorted(sorted(selection), key=lambda s: rank(selection[s]))
     return ranked[(len(ranked) - 1) // 2]
 
@@ -348,7 +354,7 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     if done != recipe["seeds"]:
         raise SystemExit(f"{name}: training seeds {sorted(set(recipe['seeds']) - set(done))} have not finished {steps} steps")
     selection = {s: evaluate(name, s, "selection", SELECTION_SEEDS) for s in done} if needs_selection(name) else {}
-    by_task_score = recipe.get("rank_by") == "task_score"
+    by_task_score = rank_by(name) == "task_score"
     shipped = median_seed(name, selection) if selection else done[(len(done) - 1) // 2]
     held_out = {} if scored_by_suite(name) else {s: evaluate(name, s, "held_out", HELD_OUT_SEEDS) for s in done}
     if by_task_score:

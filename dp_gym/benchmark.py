@@ -105,6 +105,11 @@ def p_k_columns(results: dict[str, dict]) -> list[str]:
     return sorted({k for r in results.values() for k in r if k[:1] == "p" and k[1:].isdigit()}, key=lambda k: int(k[1:]))
 
 
+def read_result(out_dir: str | Path) -> dict[str, Any]:
+    """The result of the one policy a ``results.json`` in ``out_dir`` holds (its first one)."""
+    return next(iter(json.loads((Path(out_dir) / "results.json").read_text())["results"].values()))
+
+
 def task_score(result: dict[str, Any]) -> tuple[str, float]:
     """The headline score of one policy's result: ``("pK", value)`` for tasks with a count metric
     (the fraction of episodes completing all K sub-tasks), else ``("mean_max_reward", value)``."""

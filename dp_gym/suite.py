@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dp_gym.benchmark import task_score
+from dp_gym.benchmark import read_result, task_score
 from dp_gym.checkpoint import atomic_write, atomic_write_bytes, atomic_write_json
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "suites"
@@ -84,7 +84,7 @@ def _reusable(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     try:
         if json.loads((out / RUN_KEY_FILE).read_text()) != key:
             return None
-        return next(iter(json.loads((out / "results.json").read_text())["results"].values()))
+        return read_result(out)
     except (OSError, ValueError, StopIteration):
         return None
 
@@ -140,8 +140,8 @@ def run_suite(suite: dict[str, Any], seeds: str | None = None, out_dir: str | Pa
             for name, (entry, proc) in list(running.items()):
                 if proc.poll() is not None:
                     del running[name]
-                    res_file = out / entry.task / entry.policy / "results.json"
-                    results[name] = (next(iter(json.loads(res_file.read_text())["results"].values())) if res_file.is_file()
+                    res_dir = out / entry.task / entry.policy
+                    results[name] = (read_result(res_dir) if (res_dir / "results.json").is_file()
                                      else {"error": f"benchmark exited with status {proc.returncode}"})
                     bar.update(1)
             if running:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dp_gym import DiffusionAgent
+from dp_gym.benchmark import read_result
 from dp_gym.checkpoint import load_policy, load_tensors
 from dp_gym.policies import make_policy
 from dp_gym.tasks import TASKS, get_task
@@ -378,8 +379,7 @@ def test_shipped_seed_is_the_median_of_the_committed_selection_runs():
         recipe = zp.RECIPES[entry.name]
         if len(recipe["seeds"]) < 2:
             continue
-        selection = {s: next(iter(json.loads((zp.score_dir(entry.name, s, "selection") / "results.json").read_text())["results"].values()))
-                     for s in recipe["seeds"]}
+        selection = {s: read_result(zp.score_dir(entry.name, s, "selection")) for s in recipe["seeds"]}
         assert zp.median_seed(entry.name, selection) == entry.card["training"]["shipped_seed"], entry.name
         checked += 1
     assert checked >= 10
