@@ -357,14 +357,15 @@ def ship(name: str, data_dir: str | None) -> ZooEntry:
     by_task_score = rank_by(name) == "task_score"
     shipped = median_seed(name, selection) if selection else done[(len(done) - 1) // 2]
     held_out = {} if scored_by_suite(name) else {s: evaluate(name, s, "held_out", HELD_OUT_SEEDS) for s in done}
+    task_txt = ", ".join(f"seed {s}: {metric} {value:.3f}" for s in selection for metric, value in [task_score(selection[s])])
     if by_task_score:
-        sel_txt = ", ".join(f"seed {s}: {metric} {value:.3f}" for s in selection for metric, value in [task_score(selection[s])])
+        sel_txt = task_txt
     else:
         sel_txt = ", ".join(f"seed {s}: success {selection[s]['success_rate']:.2f}" for s in selection)
-    if not by_task_score and len({selection[s]["success_rate"] for s in selection}) < len(selection):  # ties: ranked by the task's score
-        sel_txt += "; ties ranked by " + ", ".join(f"seed {s}: {name} {value:.3f}" for s in selection for name, value in [task_score(selection[s])])
-        if len({score(selection[s]) for s in selection}) < len(selection):  # sorted() is stable: the seeds' order decides
-            sel_txt += ", then by training seed, lowest first"
+        if len({selection[s]["success_rate"] for s in selection}) < len(selection):  # ties: ranked by the task's score
+            sel_txt += "; ties ranked by " + task_txt
+            if len({score(selection[s]) for s in selection}) < len(selection):  # sorted() is stable: the seeds' order decides
+                sel_txt += ", then by training seed, lowest first"
     sample = {"sampler": "ddim", "num_inference_steps": 10} if "--sampler" in recipe["benchmark_args"] else None
     card = {
         "summary": recipe["summary"],
