@@ -64,7 +64,7 @@ CASES = {
 @pytest.mark.parametrize("mode", ["openvino", "onnx"])
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("ddpm", 20)])
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 5])  # 5: the UNet trunk in its Winograd form
 def test_runtimes_match_eager_for_the_same_noise(mode, case, sampler, steps, batch):
     p = make_policy(**CASES[case])
     obs = make_obs(p, batch)
@@ -75,6 +75,7 @@ def test_runtimes_match_eager_for_the_same_noise(mode, case, sampler, steps, bat
     out = p.sample_actions(obs, noise=noise, sampler=sampler, num_inference_steps=steps, accelerator=acc)
     assert acc.active_mode == mode and acc.fallback_reason is None and acc.onnx_trunk is not None
     assert acc.onnx_trunk.runtime == accel.RUNTIMES[mode]
+    assert acc.onnx_trunk.winograd == (mode == "openvino" and batch >= accel.WINOGRAD_MIN_BATCH and case != "transformer")
     assert sorted(acc.onnx_cameras) == sorted(p.config.image_keys)  # image encoders run in the runtime too
     assert rel_err(p, eager, ref) < 1e-5  # precomputing the conditioning changes only rounding
     assert rel_err(p, out, ref) < TOL
@@ -198,12 +199,13 @@ def test_openvino_bf16_runs_in_bfloat16_near_the_float32_actions(case):
     units the actions move, but stay near the float32 ones; elsewhere the plugin runs float32 and
     the session says so."""
     p = make_policy(**CASES[case])
-    obs = make_obs(p, 3)
-    noise = torch.randn(3, *p.noise_shape(), generator=torch.Generator().manual_seed(3))
+    obs = make_obs(p, 5)
+    noise = torch.randn(5, *p.noise_shape(), generator=torch.Generator().manual_seed(3))
     f32 = p.sample_actions(obs, noise=noise, accelerator=SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10))
     acc = SamplingAccelerator(p, "openvino", autocast="bf16", sampler="ddim", num_inference_steps=10)
     out = p.sample_actions(obs, noise=noise, accelerator=acc)
     assert acc.active_mode == "openvino" and acc.runtime_precision == "bf16" and acc.fallback_reason is None
+    assert not acc.onnx_trunk.winograd  # bfloat16 runs the plain form at every batch size
     assert acc.onnx_trunk.precision == "bf16" and all(m.precision == "bf16" for m in acc.onnx_cameras.values())
     sessions = [s for (key, *_, precision), (s, _) in accel.OnnxModel._sessions.items() if key == acc.onnx_trunk.key and precision == "bf16"]
     assert len(sessions) == 1
@@ -229,12 +231,45 @@ def test_export_form_computes_the_same_function(kernel_size, down_dims, horizon)
     """The time-major UNet (convolutions as gather + GEMM, strided and transposed ones included)
     is the same function as the module's own trunk."""
     p = make_policy(kernel_size=kernel_size, down_dims=down_dims, horizon=horizon)
-    form = accel._export_form(p.denoiser, (horizon, 2))
     x, cond = torch.randn(3, horizon, 2), torch.randn(3, 2, 5)
+    for winograd in (False, True):
+        form = accel._export_form(p.denoiser, (horizon, 2), winograd=winograd)
+        with torch.no_grad():
+            c = p.denoiser.condition(torch.tensor([0, 50, 99]), cond)
+            torch.testing.assert_close(form.denoise(x, c), p.denoiser.denoise(x, c), atol=1e-5, rtol=1e-5)
+        assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.GroupNorm)) for m in form.modules())
+        # with winograd, every conv block's convolution (residual blocks and the final block)
+        n_winograd = sum(isinstance(m, accel._WinogradConv) for m in form.modules())
+        n_blocks = sum(isinstance(m, accel._TimeMajorConvBlock) for m in form.modules())
+        assert n_winograd == (n_blocks if winograd else 0) and n_blocks > 0
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("length", [1, 4, 6, 8, 16])
+def test_winograd_conv_matches_torch_convolution(kernel_size, length):
+    """F(4, k) over tiles of 4 positions, a partial last tile and the zero padding included."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 7, kernel_size, padding=kernel_size // 2)
+    x = torch.randn(3, 6, length) * 10
     with torch.no_grad():
-        c = p.denoiser.condition(torch.tensor([0, 50, 99]), cond)
-        torch.testing.assert_close(form.denoise(x, c), p.denoiser.denoise(x, c), atol=1e-5, rtol=1e-5)
-    assert not any(isinstance(m, (torch.nn.Conv1d, torch.nn.ConvTranspose1d, torch.nn.GroupNorm)) for m in form.modules())
+        out = accel._WinogradConv(conv, length)(x.transpose(1, 2)).transpose(1, 2)
+        ref = torch.nn.functional.conv1d(x.double(), conv.weight.double(), conv.bias.double(), padding=kernel_size // 2)
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_winograd_conv_rejects_convolutions_it_cannot_compute():
+    for conv in (torch.nn.Conv1d(3, 4, 3, stride=2, padding=1), torch.nn.Conv1d(3, 4, 5, padding=1), torch.nn.Conv1d(3, 4, 7, padding=3),
+                 torch.nn.Conv1d(4, 4, 3, padding=1, groups=2)):
+        with pytest.raises(ValueError, match="Winograd form"):
+            accel._WinogradConv(conv, 8)
+
+
+def test_toom_cook_matrices_compute_the_correlation():
+    for m, r in ((4, 5), (4, 3), (2, 3)):
+        a_t, g, b_t = accel._toom_cook(m, r)
+        d, w = torch.randn(m + r - 1, dtype=torch.float64), torch.randn(r, dtype=torch.float64)
+        ref = torch.stack([(w * d[i:i + r]).sum() for i in range(m)])
+        torch.testing.assert_close(a_t @ ((g @ w) * (b_t @ d)), ref)
 
 
 def test_time_major_conv_matches_torch_convolutions():
