@@ -76,9 +76,10 @@ ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used remove
 # ~0.3-0.6 s each time (the small UNet's trunk is 18 MB, the paper UNet's 260 MB).
 ONNX_SESSIONS_BYTES = 1 << 30
 # From this batch size on, OpenVINO runs the UNet trunk with its 'same' convolutions in Winograd
-# form (:class:`_WinogradConv`). Per trunk pass, one thread, against the plain GEMM form:
-# 0.4-0.5x at batch 1, 0.5-0.8x at 2, 1.06-1.3x at 4, 1.25-1.7x at 6 and 10 (small and paper UNet).
-WINOGRAD_MIN_BATCH = 4
+# form (:class:`_WinogradConv`). Per trunk pass, one thread, against the plain GEMM form (small /
+# paper UNet; benchmarks/trunk_winograd.py): 0.47x / 0.52x at batch 1, 0.94x / 1.24x at 4,
+# 1.08x / 1.37x at 5, 1.27x / 1.65x at 10.
+WINOGRAD_MIN_BATCH = 5
 
 
 def runtime_autocasts(mode: str) -> tuple[str, ...]:
@@ -257,9 +258,9 @@ class _WinogradConv(nn.Module):
     for the UNet's 5-tap convolutions). Three matrix products: a constant matrix gathers and
     transforms every tile's k + 3 input positions (padding included), one batched GEMM per
     transform point applies the transformed weights (n, C_in, C_out), a constant matrix takes
-    the tiles back to positions. It pays from about 4 samples per call: the transformed weights
+    the tiles back to positions. It pays from about 5 samples per call: the transformed weights
     are (k + 3) / k times the plain ones' bytes and each GEMM has B * tiles rows, so at batch 1
-    the plain GEMM form is 2x faster (``benchmarks/results/perf_cpu``)."""
+    the plain GEMM form is 2x faster (``benchmarks/trunk_winograd.py``)."""
 
     tile = 4
 
