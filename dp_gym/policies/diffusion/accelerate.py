@@ -572,8 +572,8 @@ class _OpenVinoSession:
 
 class OnnxTrunk(OnnxModel):
     """A denoiser's trunk (:meth:`denoise`) in an ONNX runtime, exported in its faster form
-    (:func:`_export_form`); the sampler settings are not part of the model, the scheduler runs
-    outside the graph."""
+    (:func:`_export_form`; a UNet's 'same' convolutions in Winograd form with ``winograd``); the
+    sampler settings are not part of the model, the scheduler runs outside the graph."""
 
     def __init__(self, denoiser: nn.Module, x_shape: tuple[int, ...], c_shape: tuple[int, ...], runtime: str = "onnxruntime",
                  precision: str = "f32", winograd: bool = False) -> None:
