@@ -338,3 +338,20 @@ def test_sessions_of_every_batch_size_an_agent_meets_are_kept(monkeypatch):
     monkeypatch.setattr(accel, "ONNX_SESSIONS_BYTES", 3 * len(trunk.model))  # room for three
     trunk(torch.randn(11, 8, 2), torch.randn(11, *c_shape))
     assert [k[1] for k in accel.OnnxModel._sessions] == [9, 10, 11]
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_a_large_model_gets_one_dynamic_batch_session_for_every_batch_size(monkeypatch, runtime):
+    """Above ONNX_DYNAMIC_BATCH_BYTES (the paper UNet) a model is compiled once, batch axis dynamic,
+    and gives the fixed-batch sessions' outputs at every batch size."""
+    monkeypatch.setattr(accel.OnnxModel, "_sessions", type(accel.OnnxModel._sessions)())
+    p = make_policy()
+    c_shape = (p.denoiser.condition(torch.zeros(1, dtype=torch.long), torch.zeros(1, 2, 5)).shape[1],)
+    trunk = OnnxTrunk(p.denoiser, (8, 2), c_shape, runtime)
+    inputs = {b: (torch.randn(b, 8, 2), torch.randn(b, *c_shape)) for b in (1, 3, 6)}
+    fixed = {b: trunk(*xc) for b, xc in inputs.items()}
+    assert sorted(k[1] for k in accel.OnnxModel._sessions) == [1, 3, 6]
+    monkeypatch.setattr(accel, "ONNX_DYNAMIC_BATCH_BYTES", len(trunk.model) - 1)
+    for b, xc in inputs.items():
+        torch.testing.assert_close(trunk(*xc), fixed[b], atol=1e-5, rtol=1e-5)
+    assert sorted(k[1] for k in accel.OnnxModel._sessions) == [0, 1, 3, 6]  # one more session, batch 0: dynamic

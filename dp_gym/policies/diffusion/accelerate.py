@@ -75,6 +75,12 @@ ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used remove
 # meets every batch size from 1 to n as episodes end at different steps, and recompiling costs
 # ~0.3-0.6 s each time (the small UNet's trunk is 18 MB, the paper UNet's 260 MB).
 ONNX_SESSIONS_BYTES = 1 << 30
+# Models larger than this get one session with a dynamic batch axis for every batch size instead:
+# a compiled paper-UNet trunk holds about twice its model's bytes (0.5-0.75 GB) and takes 2.3-3.3 s
+# to compile, so ten batch sizes would not stay in memory and would recompile over and over, while
+# the dynamic session runs its passes only 5-7% slower than a fixed-batch one (the small UNet's
+# 30-45%, hence fixed batches below this size).
+ONNX_DYNAMIC_BATCH_BYTES = 100 << 20
 # From this batch size on, OpenVINO runs the UNet trunk with its 'same' convolutions in Winograd
 # form (:class:`_WinogradConv`). Per trunk pass, one thread, against the plain GEMM form (small /
 # paper UNet; benchmarks/trunk_winograd.py): 0.47x / 0.52x at batch 1, 0.94x / 1.24x at 4,
@@ -426,7 +432,9 @@ class OnnxModel:
     input shapes and the torch version, so changed weights export anew. Each batch size gets its
     own session with the batch dimension fixed, so the runtime folds every shape computation
     (ONNX Runtime 1.2-1.4x, OpenVINO 1.4x per small-UNet pass at batch 1 over one dynamic-batch
-    model); the most recently used are kept up to ``ONNX_SESSIONS_BYTES`` of models.
+    model); the most recently used are kept up to ``ONNX_SESSIONS_BYTES`` of models. A model over
+    ``ONNX_DYNAMIC_BATCH_BYTES`` gets one dynamic-batch session for all batch sizes (batch 0 in
+    the session key).
 
     >>> layer = OnnxModel(torch.nn.Linear(3, 2), {"x": (3,)})
     >>> layer(torch.ones(4, 3)).shape
@@ -495,7 +503,8 @@ class OnnxModel:
 
     @staticmethod
     def _session(model: bytes, batch: int, threads: int, runtime: str, precision: str):
-        """A callable session for one batch size: ``run(None, {name: array}) -> [output]``."""
+        """A callable session for one batch size, or every batch size for ``batch`` 0:
+        ``run(None, {name: array}) -> [output]``."""
         if runtime == "openvino":
             return _OpenVinoSession(model, batch, threads, precision)
         import onnxruntime as ort
@@ -504,7 +513,8 @@ class OnnxModel:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_free_dimension_override_by_name("batch", batch)
+        if batch:
+            so.add_free_dimension_override_by_name("batch", batch)
         return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
     @staticmethod
@@ -529,7 +539,8 @@ class OnnxModel:
         return f.getvalue()
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        key = (self.key, inputs[0].shape[0], torch.get_num_threads(), self.runtime, self.precision)
+        batch = inputs[0].shape[0] if len(self.model) <= ONNX_DYNAMIC_BATCH_BYTES else 0  # 0: dynamic
+        key = (self.key, batch, torch.get_num_threads(), self.runtime, self.precision)
         entry = self._sessions.get(key)
         if entry is None:
             entry = self._sessions[key] = (self._session(self.model, *key[1:]), len(self.model))
@@ -543,7 +554,8 @@ class OnnxModel:
 
 
 class _OpenVinoSession:
-    """An ONNX model compiled by OpenVINO's CPU plugin for one batch size, with the interface of an
+    """An ONNX model compiled by OpenVINO's CPU plugin for one batch size (every size for ``batch``
+    0, where the model's batch axis is dynamic), with the interface of an
     ONNX Runtime session's ``run``; ``model`` is ONNX bytes or a model OpenVINO has already read.
     The inference ``precision`` ("f32" | "bf16") is asked for explicitly (on CPUs with bf16 units
     the plugin would otherwise choose bf16); a CPU without them runs "bf16" in float32, which
@@ -557,7 +569,8 @@ class _OpenVinoSession:
         if _OpenVinoSession._core is None:
             _OpenVinoSession._core = ov.Core()
         net = self._core.read_model(io.BytesIO(model)) if isinstance(model, bytes) else model
-        net.reshape({i.get_any_name(): [batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
+        if batch:  # else the batch axis stays dynamic
+            net.reshape({i.get_any_name(): [batch, *(d.get_length() for d in list(i.get_partial_shape())[1:])] for i in net.inputs})
         config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         compiled = self._core.compile_model(net, "CPU", config)
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what the plugin chose
