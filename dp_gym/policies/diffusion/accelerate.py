@@ -76,10 +76,10 @@ ONNX_CACHE_KEEP = 16  # exported models kept on disk (least recently used remove
 # ~0.3-0.6 s each time (the small UNet's trunk is 18 MB, the paper UNet's 260 MB).
 ONNX_SESSIONS_BYTES = 1 << 30
 # Models larger than this get one session with a dynamic batch axis for every batch size instead:
-# a compiled paper-UNet trunk holds about twice its model's bytes (0.5-0.75 GB) and takes 2.3-3.3 s
-# to compile, so ten batch sizes would not stay in memory and would recompile over and over, while
-# the dynamic session runs its passes only 5-7% slower than a fixed-batch one (the small UNet's
-# 30-45%, hence fixed batches below this size).
+# a fixed-batch paper-UNet trunk session holds 0.5-0.8 GB and takes 1-4.6 s to compile, so ten
+# batch sizes would not stay in memory and would recompile over and over, while the dynamic
+# session runs its passes only 2-7% slower (the small UNet's 17-43% slower, hence fixed batches
+# below this size; benchmarks/dynamic_batch.py).
 ONNX_DYNAMIC_BATCH_BYTES = 100 << 20
 # From this batch size on, OpenVINO runs the UNet trunk with its 'same' convolutions in Winograd
 # form (:class:`_WinogradConv`). Per trunk pass, one thread, against the plain GEMM form (small /
