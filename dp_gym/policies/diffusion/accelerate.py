@@ -251,14 +251,13 @@ def _toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         raise ValueError(f"F({m}, {r}) needs {n - 1} finite points, {len(finite)} are defined")
 
     def vandermonde(k: int) -> torch.Tensor:  # (n, k): the points' powers, then infinity's leading coefficient
-        v = torch.tensor([[p**j for j in range(k)] for p in finite] + [[0.0] * (k - 1) + [1.0]], dtype=torch.float64)
-        return v
+        return torch.tensor([[p**j for j in range(k)] for p in finite] + [[0.0] * (k - 1) + [1.0]], dtype=torch.float64)
 
     return vandermonde(m).T, vandermonde(r), torch.linalg.inv(vandermonde(n)).T
 
 
 class _WinogradConv(nn.Module):
-    """A stride-1 Conv1d with 'same' zero padding on a fixed input length, on (B, T, C)
+    """A stride-1, 3- or 5-tap Conv1d with 'same' zero padding on a fixed input length, on (B, T, C)
     activations, by Winograd's minimal filtering F(4, k) (:func:`_toom_cook`): each tile of 4
     output positions costs k + 3 channel GEMMs' worth of multiplies instead of 4k (8 against 20
     for the UNet's 5-tap convolutions). Three matrix products: a constant matrix gathers and
@@ -273,7 +272,7 @@ class _WinogradConv(nn.Module):
     def __init__(self, conv: nn.Conv1d, t: int) -> None:
         super().__init__()
         if not _WinogradConv.supports(conv):
-            raise ValueError(f"only stride-1, odd-kernel, 'same'-padded plain Conv1d layers have a Winograd form, got {conv}")
+            raise ValueError(f"only stride-1, 3- or 5-tap, 'same'-padded plain Conv1d layers have a Winograd form, got {conv}")
         k, m = conv.kernel_size[0], self.tile
         a_t, g, b_t = _toom_cook(m, k)
         self.n, self.tiles, self.t = m + k - 1, -(-t // m), t
