@@ -8,7 +8,7 @@ keeps OpenVINO's own convolutions.
 """
 import torch
 from torch import nn
-from dp_gym.policies.diffusion.accelerate import _toom_cook, OnnxModel, _OpenVinoSession
+from dp_gym.policies.diffusion.accelerate import OnnxModel, _OpenVinoSession, _winograd_tiling
 from dp_gym.perf import interleaved_ms
 torch.set_num_threads(1)
 
@@ -18,13 +18,8 @@ class Wino2d(nn.Module):
 
     def __init__(self, conv, H, m):
         super().__init__()
-        a_t, g, b_t = _toom_cook(m, 3); n = m + 2; t = -(-H // m)
-        Bh = torch.zeros(n * t, H, dtype=torch.float64); Ah = torch.zeros(H, n * t, dtype=torch.float64)
-        for q in range(t):
-            for l in range(n):
-                pos = q * m - 1 + l
-                if 0 <= pos < H: Bh[q::t, pos] += b_t[:, l]
-            for i in range(min(m, H - q * m)): Ah[q * m + i, q::t] = a_t[i]
+        Bh, Ah, g = _winograd_tiling(m, 3, H)
+        n, t = m + 2, -(-H // m)
         w = conv.weight.detach().double()  # (Co, Ci, 3, 3)
         U = torch.einsum("ak,bl,oikl->abio", g, g, w).reshape(n * n, w.shape[1], w.shape[0])
         self.register_buffer("Bh", Bh.float()); self.register_buffer("BhT", Bh.T.contiguous().float())

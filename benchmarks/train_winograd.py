@@ -5,13 +5,13 @@ keeps Conv1d.
 
     python benchmarks/train_winograd.py
 """
-import time
-
-import numpy as np
 import torch
 
-from dp_gym.policies.diffusion.accelerate import _toom_cook
+from dp_gym.perf import interleaved_ms
+from dp_gym.policies.diffusion.accelerate import _winograd_tiling
+
 torch.set_num_threads(1)
+
 
 class WinoFn(torch.nn.Module):
     """Conv1d (stride 1, 'same' padding) on (B, C, T) by F(m, k), weights transformed in the graph
@@ -19,15 +19,10 @@ class WinoFn(torch.nn.Module):
 
     def __init__(self, t, k, m=4):
         super().__init__()
-        a_t, g, b_t = _toom_cook(m, k); n = m + k - 1; tiles = -(-t // m); pad = k // 2
-        Bi = torch.zeros(n * tiles, t, dtype=torch.float64); Ao = torch.zeros(t, n * tiles, dtype=torch.float64)
-        for q in range(tiles):
-            for l in range(n):
-                pos = q * m - pad + l
-                if 0 <= pos < t: Bi[q::tiles, pos] += b_t[:, l]
-            for i in range(min(m, t - q * m)): Ao[q * m + i, q::tiles] = a_t[i]
-        self.Bi, self.Ao, self.G = Bi.float(), Ao.float(), g.float()
-        self.n, self.tiles = n, tiles
+        transform_in, transform_out, g = _winograd_tiling(m, k, t)
+        self.Bi, self.Ao, self.G = transform_in.float(), transform_out.float(), g.float()
+        self.n, self.tiles = m + k - 1, -(-t // m)
+
     def forward(self, x, w, b):  # x (B, C, T) channels-first like the trainer; w (Co, Ci, k)
         B, C, T = x.shape
         wt = torch.einsum("aj,oij->aio", self.G, w)            # (n, Ci, Co)
@@ -36,6 +31,7 @@ class WinoFn(torch.nn.Module):
         h = torch.bmm(v, wt)                                    # (n, B*tiles, Co)
         h = h.reshape(self.n, B, self.tiles, -1).permute(1, 3, 0, 2).reshape(B, -1, self.n * self.tiles)
         return torch.matmul(h, self.Ao.T) + b[:, None]
+
 
 print("channels C at length T, batch 64: median ms per forward + backward")
 for (C, T) in [(64, 16), (128, 8), (256, 4), (512, 4)]:
@@ -50,9 +46,6 @@ for (C, T) in [(64, 16), (128, 8), (256, 4), (512, 4)]:
         y = wf(x, conv.weight, conv.bias); y.backward(go)
     with torch.no_grad():
         d = (wf(x, conv.weight, conv.bias) - conv(x)).abs().max().item()
-    ts = {"conv": [], "wino": []}
-    for r in range(25):
-        for name, fn in (("conv", run_conv), ("wino", run_wino)):
-            t0 = time.perf_counter(); fn(); ts[name].append(time.perf_counter() - t0)
-    mc, mw = np.median(ts["conv"][5:]) * 1e3, np.median(ts["wino"][5:]) * 1e3
+    ms = interleaved_ms({"conv": run_conv, "wino": run_wino}, torch.device("cpu"), repeats=20, warmup=5)
+    mc, mw = ms["conv"], ms["wino"]
     print(f"C={C} T={T}: conv {mc:.2f} ms, winograd {mw:.2f} ms ({mc/mw:.2f}x), diff {d:.1e}")

@@ -256,6 +256,24 @@ def _toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return vandermonde(m).T, vandermonde(r), torch.linalg.inv(vandermonde(n)).T
 
 
+def _winograd_tiling(m: int, k: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F(m, k) over a length-``t`` axis with 'same' zero padding (k // 2), as constant float64
+    matrices: ``transform_in`` (n * tiles, t) gathers and transforms every tile's n = m + k - 1
+    inputs (rows ordered transform point, then tile), ``transform_out`` (t, n * tiles) takes the
+    tiles back to positions, ``g`` (n, k) transforms a filter (:func:`_toom_cook`)."""
+    a_t, g, b_t = _toom_cook(m, k)
+    n, tiles, pad = m + k - 1, -(-t // m), k // 2
+    transform_in = torch.zeros(n * tiles, t, dtype=torch.float64)
+    transform_out = torch.zeros(t, n * tiles, dtype=torch.float64)
+    for q in range(tiles):
+        for l in range(n):
+            if 0 <= (pos := q * m - pad + l) < t:
+                transform_in[q::tiles, pos] += b_t[:, l]
+        for i in range(min(m, t - q * m)):
+            transform_out[q * m + i, q::tiles] = a_t[i]
+    return transform_in, transform_out, g
+
+
 class _WinogradConv(nn.Module):
     """A stride-1, 3- or 5-tap Conv1d with 'same' zero padding on a fixed input length, on (B, T, C)
     activations, by Winograd's minimal filtering F(4, k) (:func:`_toom_cook`): each tile of 4
@@ -274,19 +292,9 @@ class _WinogradConv(nn.Module):
         if not _WinogradConv.supports(conv):
             raise ValueError(f"only stride-1, 3- or 5-tap, 'same'-padded plain Conv1d layers have a Winograd form, got {conv}")
         k, m = conv.kernel_size[0], self.tile
-        a_t, g, b_t = _toom_cook(m, k)
-        self.n, self.tiles, self.t = m + k - 1, -(-t // m), t
+        transform_in, transform_out, g = _winograd_tiling(m, k, t)
+        self.n, self.tiles = m + k - 1, -(-t // m)
         self.c_out, self.c_in = conv.weight.shape[0], conv.weight.shape[1]
-        pad = conv.padding[0]
-        # rows (transform point a, tile q): B^T applied to the tile's inputs q*m - pad ... q*m - pad + n - 1
-        transform_in = torch.zeros(self.n * self.tiles, t, dtype=torch.float64)
-        transform_out = torch.zeros(t, self.n * self.tiles, dtype=torch.float64)
-        for q in range(self.tiles):
-            for l in range(self.n):
-                if 0 <= (pos := q * m - pad + l) < t:
-                    transform_in[q::self.tiles, pos] += b_t[:, l]
-            for i in range(min(m, t - q * m)):
-                transform_out[q * m + i, q::self.tiles] = a_t[i]
         weight = torch.einsum("aj,oij->aio", g, conv.weight.detach().double())  # (n, C_in, C_out)
         self.register_buffer("transform_in", transform_in.float())
         self.register_buffer("transform_out", transform_out.float())
