@@ -245,14 +245,17 @@ def test_export_form_computes_the_same_function(kernel_size, down_dims, horizon)
 
 
 @pytest.mark.parametrize("kernel_size", [3, 5])
-@pytest.mark.parametrize("length", [1, 4, 6, 8, 16])
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 6, 8, 16])
 def test_winograd_conv_matches_torch_convolution(kernel_size, length):
-    """F(4, k) over tiles of 4 positions, a partial last tile and the zero padding included."""
+    """F(4, k) over tiles of 4 positions, a partial last tile and the zero padding included; axes
+    short enough for one tile with the roles swapped (2t - 1 < k + 3 transform points) use it."""
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(6, 7, kernel_size, padding=kernel_size // 2)
     x = torch.randn(3, 6, length) * 10
     with torch.no_grad():
-        out = accel._WinogradConv(conv, length)(x.transpose(1, 2)).transpose(1, 2)
+        form = accel._WinogradConv(conv, length)
+        assert form.n == (2 * length - 1 if length <= 4 and 2 * length - 1 < kernel_size + 3 else kernel_size + 3)
+        out = form(x.transpose(1, 2)).transpose(1, 2)
         ref = torch.nn.functional.conv1d(x.double(), conv.weight.double(), conv.bias.double(), padding=kernel_size // 2)
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-5)
 
