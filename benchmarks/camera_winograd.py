@@ -8,7 +8,8 @@ keeps OpenVINO's own convolutions.
 """
 import torch
 from torch import nn
-from dp_gym.policies.diffusion.accelerate import OnnxModel, _OpenVinoSession, _winograd_tiling
+from dp_gym.policies.diffusion.accelerate import OnnxModel, _OpenVinoSession
+from dp_gym.policies.diffusion.winograd import winograd_tiling
 from dp_gym.perf import interleaved_ms
 torch.set_num_threads(1)
 
@@ -18,7 +19,7 @@ class Wino2d(nn.Module):
 
     def __init__(self, conv, H, m):
         super().__init__()
-        Bh, Ah, g = _winograd_tiling(m, 3, H)
+        Bh, Ah, g = winograd_tiling(m, 3, H)
         n, t = m + 2, -(-H // m)
         w = conv.weight.detach().double()  # (Co, Ci, 3, 3)
         U = torch.einsum("ak,bl,oikl->abio", g, g, w).reshape(n * n, w.shape[1], w.shape[0])

@@ -16,6 +16,7 @@ from dp_gym.policies.diffusion import accelerate as accel
 from dp_gym.policies.diffusion.accelerate import OnnxTrunk, SamplingAccelerator, default_mode
 from dp_gym.policies.diffusion.config import DiffusionConfig
 from dp_gym.policies.diffusion.policy import DiffusionPolicy
+from dp_gym.policies.diffusion.winograd import toom_cook
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
@@ -269,7 +270,7 @@ def test_winograd_conv_rejects_convolutions_it_cannot_compute():
 
 def test_toom_cook_matrices_compute_the_correlation():
     for m, r in ((4, 5), (4, 3), (2, 3)):
-        a_t, g, b_t = accel._toom_cook(m, r)
+        a_t, g, b_t = toom_cook(m, r)
         d, w = torch.randn(m + r - 1, dtype=torch.float64), torch.randn(r, dtype=torch.float64)
         ref = torch.stack([(w * d[i:i + r]).sum() for i in range(m)])
         torch.testing.assert_close(a_t @ ((g @ w) * (b_t @ d)), ref)

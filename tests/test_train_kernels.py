@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.policies.diffusion.train_kernels import Conv1d, Mish, pytorch_kernels
+from dp_gym.policies.diffusion.train_kernels import Conv1d, GroupNorm, Mish, pytorch_kernels
 
 
 def _pair(c_in: int, c_out: int, k: int) -> tuple[Conv1d, nn.Conv1d]:
@@ -52,25 +52,70 @@ def test_bf16_conv_weight_gradient_against_float64():
     assert (gw.double() - w64.grad).abs().max() <= 1e-2 * w64.grad.abs().max()
 
 
+@pytest.mark.parametrize("c_in,c_out,k,t", [(256, 256, 5, 4), (512, 128, 5, 4), (6, 7, 5, 1), (6, 7, 5, 2), (6, 7, 5, 3),
+                                          (8, 8, 3, 2), (8, 8, 3, 3)])
+def test_float32_conv_on_short_axes_is_winograd_with_pytorchs_results(c_in, c_out, k, t):
+    ours, ref = _pair(c_in, c_out, k)
+    x, grad = torch.randn(16, c_in, t), torch.randn(16, c_out, t)
+    y, *grads = _forward_backward(ours, x, grad, autocast=False)
+    assert type(y.grad_fn).__name__ == "_WholeAxisConv1dFunctionBackward"
+    y_ref, *grads_ref = _forward_backward(ref, x, grad, autocast=False)
+    for a, b in zip([y, *grads], [y_ref, *grads_ref]):  # output, input, weight and bias gradients
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.float32
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
 def test_conv_takes_pytorch_path_elsewhere():
     ours, ref = _pair(64, 64, 5)
     grad8 = torch.randn(4, 64, 8)
     x8 = torch.randn(4, 64, 8)
-    # longer sequences, float32, inference and the reference context: nn.Conv1d's own result
-    y, *grads = _forward_backward(ours, x8, grad8, autocast=True)
-    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    # longer sequences, inference and the reference context: nn.Conv1d's own result
+    for autocast in (False, True):
+        y, *grads = _forward_backward(ours, x8, grad8, autocast=autocast)
+        assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    y, *grads = _forward_backward(ours, x8, grad8, autocast=False)
+    y_ref, *grads_ref = _forward_backward(ref, x8, grad8, autocast=False)
+    for a, b in zip([y, *grads], [y_ref, *grads_ref]):
+        assert torch.equal(a, b)
     x4, grad4 = torch.randn(4, 64, 4), torch.randn(4, 64, 4)
     for autocast in (False, True):
         with pytorch_kernels():
             y, *grads = _forward_backward(ours, x4, grad4, autocast=autocast)
         assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
-    y, *grads = _forward_backward(ours, x4, grad4, autocast=False)
-    y_ref, *grads_ref = _forward_backward(ref, x4, grad4, autocast=False)
+    # a 3-tap convolution over 4 steps: F(4, 3) needs 6 multiplies, the swapped tile 7
+    three_tap = Conv1d(8, 8, 3, padding=1)
+    y, *grads = _forward_backward(three_tap, torch.randn(2, 8, 4), torch.randn(2, 8, 4), autocast=False)
     assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
-    for a, b in zip([y, *grads], [y_ref, *grads_ref]):
-        assert torch.equal(a, b)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad():
         assert torch.equal(ours(x4), ref(x4))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(ours(x4), ref(x4))
+    assert list(ours.state_dict()) == ["weight", "bias"]
+
+
+def test_group_norm_on_short_axes_matches_pytorch():
+    torch.manual_seed(0)
+    ours, ref = GroupNorm(8, 64), nn.GroupNorm(8, 64)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    for t, fast in ((1, True), (4, True), (8, False)):
+        x, grad = torch.randn(16, 64, t) * 3 + 1, torch.randn(16, 64, t)
+        outs = []
+        for norm in (ours, ref):
+            xi = x.clone().requires_grad_()
+            norm.zero_grad(set_to_none=True)
+            y = norm(xi)
+            y.backward(grad)
+            outs.append((y, xi.grad, norm.weight.grad, norm.bias.grad))
+        assert (type(outs[0][0].grad_fn).__name__ == "_ChannelAffineFunctionBackward") == fast
+        for a, b in zip(*outs):
+            assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    x = torch.randn(4, 64, 4)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    with pytorch_kernels():
+        assert type(ours(x.requires_grad_()).grad_fn).__name__ == "NativeGroupNormBackward0"
     assert list(ours.state_dict()) == ["weight", "bias"]
 
 

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dp_gym.policies.diffusion.winograd import winograd_tiling, winograd_whole
+
 MODES = ("eager", "compile", "cuda_graph", "onnx", "openvino")
 # The modes that run exported ONNX models, and the runtime each uses.
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
@@ -238,72 +240,18 @@ class _TimeMajorConv(nn.Module):
         return torch.matmul(x, self.weight) + self.bias
 
 
-def _toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Winograd's minimal filtering F(m, r) in Toom-Cook form, float64: (A^T (m, n), G (n, r),
-    B^T (n, n)) with n = m + r - 1, so that the correlation y_i = sum_j g_j d_{i+j} of a
-    length-n input tile d with an r-tap filter g is ``A^T ((G g) * (B^T d))``: n multiplies for m
-    outputs instead of m * r. Evaluation points 0, ±1, ±2, ±1/2, ... and infinity (the smallest
-    magnitudes first, which keeps the transforms' float32 error near 1e-6 for F(4, 5)).
-    Derived by transposing the Toom-Cook linear convolution s = C^-1 ((V_g g) * (V_d d)), V the
-    Vandermonde matrices of the points, C that of the product's n coefficients."""
-    n = m + r - 1
-    finite = [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0, 1 / 3, -1 / 3][: n - 1]
-    if len(finite) < n - 1:
-        raise ValueError(f"F({m}, {r}) needs {n - 1} finite points, {len(finite)} are defined")
-
-    def vandermonde(k: int) -> torch.Tensor:  # (n, k): the points' powers, then infinity's leading coefficient
-        return torch.tensor([[p**j for j in range(k)] for p in finite] + [[0.0] * (k - 1) + [1.0]], dtype=torch.float64)
-
-    return vandermonde(m).T, vandermonde(r), torch.linalg.inv(vandermonde(n)).T
-
-
-def _winograd_tiling(m: int, k: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """F(m, k) over a length-``t`` axis with 'same' zero padding (k // 2), as constant float64
-    matrices: ``transform_in`` (n * tiles, t) gathers and transforms every tile's n = m + k - 1
-    inputs (rows ordered transform point, then tile), ``transform_out`` (t, n * tiles) takes the
-    tiles back to positions, ``g`` (n, k) transforms a filter (:func:`_toom_cook`)."""
-    a_t, g, b_t = _toom_cook(m, k)
-    n, tiles, pad = m + k - 1, -(-t // m), k // 2
-    transform_in = torch.zeros(n * tiles, t, dtype=torch.float64)
-    transform_out = torch.zeros(t, n * tiles, dtype=torch.float64)
-    for q in range(tiles):
-        for l in range(n):
-            if 0 <= (pos := q * m - pad + l) < t:
-                transform_in[q::tiles, pos] += b_t[:, l]
-        for i in range(min(m, t - q * m)):
-            transform_out[q * m + i, q::tiles] = a_t[i]
-    return transform_in, transform_out, g
-
-
-def _winograd_whole(k: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A k-tap 'same' correlation over a whole length-``t`` axis (zero padding k // 2) as one
-    Winograd tile with the roles swapped, the same three float64 matrices as
-    :func:`_winograd_tiling` with one tile. Output i is sum_s x_s w_(s - i + k // 2) over the t
-    inputs, i.e. (outputs reversed) F(t, t) with the activations as the t-tap filter and the
-    2t - 1 weight taps that can meet an input as the data: 2t - 1 multiplies for the whole axis,
-    7 at t = 4 against F(4, 5)'s 8, whose tile also spends transform points on the padding."""
-    a_t, g, b_t = _toom_cook(t, t)
-    n, pad = 2 * t - 1, k // 2
-    taps = torch.zeros(n, k, dtype=torch.float64)  # data position q ↔ weight tap q + pad - t + 1
-    for q in range(n):
-        if 0 <= (j := q + pad - t + 1) < k:
-            taps[q, j] = 1.0
-    return g, a_t.flip(0), b_t @ taps
-
-
 class _WinogradConv(nn.Module):
     """A stride-1, 3- or 5-tap Conv1d with 'same' zero padding on a fixed input length, on (B, T, C)
-    activations, by Winograd's minimal filtering F(4, k) (:func:`_toom_cook`): each tile of 4
-    output positions costs k + 3 channel GEMMs' worth of multiplies instead of 4k (8 against 20
-    for the UNet's 5-tap convolutions). Axes of at most 4 positions where one tile with the roles
-    swapped needs fewer (:func:`_winograd_whole`: 7 at the UNet's deepest level, t = 4, k = 5)
-    use that instead: 4-9% faster trunk passes from batch 3 (``benchmarks/trunk_winograd.py``).
-    Three matrix products: a constant matrix gathers and
-    transforms every tile's k + 3 input positions (padding included), one batched GEMM per
-    transform point applies the transformed weights (n, C_in, C_out), a constant matrix takes
-    the tiles back to positions. It pays from about 5 samples per call: the transformed weights
-    are (k + 3) / k times the plain ones' bytes and each GEMM has B * tiles rows, so at batch 1
-    the plain GEMM form is 2x faster (``benchmarks/trunk_winograd.py``)."""
+    activations, by Winograd's minimal filtering F(4, k) (:mod:`~dp_gym.policies.diffusion.winograd`):
+    each tile of 4 output positions costs k + 3 channel GEMMs' worth of multiplies instead of 4k
+    (8 against 20 for the UNet's 5-tap convolutions). An axis of at most 4 positions that one tile
+    with the roles swapped covers in fewer (``winograd_whole``: 7 at the UNet's deepest level,
+    t = 4, k = 5) uses that instead: 3-14% faster trunk passes (``benchmarks/trunk_winograd.py``).
+    Three matrix products: a constant matrix gathers and transforms every tile's input positions
+    (padding included), one batched GEMM per transform point applies the transformed weights
+    (n, C_in, C_out), a constant matrix takes the tiles back to positions. It pays from about 5
+    samples per call: the transformed weights are (k + 3) / k times the plain ones' bytes and each
+    GEMM has B * tiles rows, so at batch 1 the plain GEMM form is 2x faster."""
 
     tile = 4
     whole_axis_max = 4  # longest axis taken as one swapped tile (2t - 1 points; 7 keeps the float32 error near 1e-6)
@@ -315,10 +263,10 @@ class _WinogradConv(nn.Module):
         k, m = conv.kernel_size[0], self.tile
         self.tiles = -(-t // m)
         if t <= self.whole_axis_max and 2 * t - 1 < m + k - 1:
-            transform_in, transform_out, g = _winograd_whole(k, t)
+            transform_in, transform_out, g = winograd_whole(k, t)
             self.n = 2 * t - 1
         else:
-            transform_in, transform_out, g = _winograd_tiling(m, k, t)
+            transform_in, transform_out, g = winograd_tiling(m, k, t)
             self.n = m + k - 1
         self.c_out, self.c_in = conv.weight.shape[0], conv.weight.shape[1]
         weight = torch.einsum("aj,oij->aio", g, conv.weight.detach().double())  # (n, C_in, C_out)

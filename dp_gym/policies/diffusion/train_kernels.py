@@ -2,9 +2,11 @@
 state-dict keys and results to float rounding. Inference (no autograd) always takes PyTorch's own
 path, so sampling and the exported runtimes see plain ``nn.Conv1d`` / ``nn.Mish`` arithmetic.
 
-Written by hand because no library ships them: they route around two slow CPU kernels measured
-on the small UNet's shapes (``benchmarks/train_kernels.py``): oneDNN's bfloat16 weight gradient
-for short sequences, and ATen's Mish forward + backward.
+Written by hand because no library ships them: they route around slow CPU kernels measured on
+the small UNet's shapes (``benchmarks/train_kernels.py``): oneDNN's float32 convolutions over the
+deepest level's 4 positions (replaced by Winograd's minimal filtering, 7 multiplies per channel
+pair instead of 20), its bfloat16 weight gradient for short sequences, ATen's GroupNorm backward
+over 4 positions, and ATen's Mish forward + backward.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dp_gym.policies.diffusion.winograd import winograd_whole
 from dp_gym.policies.kernels import enabled, pytorch_kernels
 
-__all__ = ["Conv1d", "Mish", "pytorch_kernels"]
+__all__ = ["Conv1d", "GroupNorm", "Mish", "pytorch_kernels"]
 
 
 class _Bf16Conv1dFunction(torch.autograd.Function):
@@ -55,9 +58,60 @@ class _Bf16Conv1dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+class _WholeAxisConv1dFunction(torch.autograd.Function):
+    """A same-padded stride-1 float32 1-D convolution over an axis of t <= 4 positions by one
+    Winograd tile with the roles swapped (:func:`~dp_gym.policies.diffusion.winograd.winograd_whole`):
+    the inputs and weights go to the 2t - 1 transform points by small constant matrix products,
+    one batched GEMM per point multiplies them, a constant matrix takes the result back to
+    positions; the backward pass is the same three steps transposed. At the small UNet's deepest
+    level (256 channels, 4 positions, batch 64) this does 7 channel GEMMs' worth of multiplies
+    where oneDNN's convolution does 20, and runs forward + backward 1.1-1.7x faster (it varies
+    between runs; ``benchmarks/train_kernels.py``).
+
+    Layouts are chosen so that no weight is transposed in memory except the gradient's last
+    (k, C_out, C_in) → (C_out, C_in, k) copy: the transformed weights are (n, C_out, C_in) and the
+    GEMMs read them transposed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transform_in: torch.Tensor,
+                transform_out: torch.Tensor, transform_w: torch.Tensor) -> torch.Tensor:
+        b, c_in, t = x.shape
+        c_out, k = weight.shape[0], weight.shape[2]
+        n = transform_w.shape[0]  # transform points; transform_in has n * tiles rows, point-major
+        w = torch.mm(transform_w, weight.reshape(c_out * c_in, k).t()).view(n, c_out, c_in)
+        v = torch.mm(transform_in, x.reshape(b * c_in, t).t()).view(n, -1, c_in)  # (n, tiles * B, C_in)
+        h = torch.bmm(v, w.transpose(1, 2))  # (n, tiles * B, C_out)
+        y = torch.mm(transform_out, h.view(-1, b * c_out)).view(t, b, c_out).permute(1, 2, 0).contiguous()
+        if bias is not None:
+            y = y + bias[:, None]
+        ctx.save_for_backward(v, w, transform_in, transform_out, transform_w)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        v, w, transform_in, transform_out, transform_w = ctx.saved_tensors
+        n, c_out, c_in = w.shape
+        b, t, k = grad.shape[0], transform_out.shape[0], transform_w.shape[1]
+        grad = grad.contiguous()
+        grad_h = torch.mm(transform_out.t(), grad.view(b * c_out, t).t()).view(n, -1, c_out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_v = torch.bmm(grad_h, w)  # (n, tiles * B, C_in)
+            grad_x = torch.mm(transform_in.t(), grad_v.view(-1, b * c_in)).view(t, b, c_in).permute(1, 2, 0).contiguous()
+        if ctx.needs_input_grad[1]:
+            grad_wt = torch.bmm(grad_h.transpose(1, 2), v)  # (n, C_out, C_in)
+            grad_w = torch.mm(transform_w.t(), grad_wt.view(n, c_out * c_in)).view(k, c_out, c_in).permute(1, 2, 0).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0).sum(1)  # 6x faster than one reduction over (0, 2) at (64, 256, 4)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
 class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` (same parameters and state-dict keys) that trains faster under CPU bfloat16
-    autocast: there, a same-padded stride-1 convolution over at most ``SHORT_SEQUENCE`` steps
+    """``nn.Conv1d`` (same parameters and state-dict keys) that trains faster on CPU over short
+    sequences: a same-padded stride-1 convolution over at most ``SHORT_SEQUENCE`` steps runs, in
+    float32, by Winograd's minimal filtering where that needs fewer multiplies
+    (:class:`_WholeAxisConv1dFunction`: 5 taps at 4 steps or fewer), and under bfloat16 autocast
     computes its weight gradient as a forward convolution (:class:`_Bf16Conv1dFunction`). Every
     other case is ``nn.Conv1d``'s own path."""
 
@@ -68,10 +122,22 @@ class Conv1d(nn.Conv1d):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, padding: int = 0) -> None:
         super().__init__(in_ch, out_ch, kernel_size, padding=padding)
         self._same_padded = kernel_size == 2 * padding + 1
+        self._transforms: dict[int, tuple[torch.Tensor, ...]] = {}  # axis length → float32 Winograd matrices
+
+    def _whole_axis_transforms(self, t: int) -> tuple[torch.Tensor, ...]:
+        if t not in self._transforms:
+            self._transforms[t] = tuple(m.float().contiguous() for m in winograd_whole(self.kernel_size[0], t))
+        return self._transforms[t]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (enabled() and self._same_padded and x.shape[-1] <= self.SHORT_SEQUENCE and x.device.type == "cpu" and torch.is_grad_enabled()
-                and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        t = x.shape[-1]
+        if not (enabled() and self._same_padded and x.device.type == "cpu" and torch.is_grad_enabled()):
+            return super().forward(x)
+        if not torch.is_autocast_enabled("cpu"):
+            if x.dtype == torch.float32 and x.ndim == 3 and t <= self.SHORT_SEQUENCE and 2 * t - 1 < self.kernel_size[0] + 3:
+                return _WholeAxisConv1dFunction.apply(x, self.weight, self.bias, *self._whole_axis_transforms(t))
+            return super().forward(x)
+        if t <= self.SHORT_SEQUENCE and torch.get_autocast_dtype("cpu") == torch.bfloat16:
             # Cast as autocast would (input, weight and bias to bfloat16), then run the function
             # with autocast off; the casts' backward returns float32 gradients to the weights.
             dt = torch.bfloat16
@@ -112,3 +178,38 @@ class Mish(nn.Mish):
                 and x.dtype in (torch.float32, torch.bfloat16)):
             return _MishFunction.apply(x)
         return super().forward(x)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state-dict keys) that trains faster on CPU over the
+    UNet's shortest sequences: with autograd recording a float32 (B, C, T) input of at most
+    ``SHORT_SEQUENCE`` steps, it normalises as ``F.layer_norm`` over each group's (C / G, T) values
+    and applies the per-channel affine after, which runs forward + backward 2.0-2.5x faster than
+    ATen's group norm at T = 4 (its backward is slow for such short rows) and 0.5-0.6x at T >= 8,
+    where it is not used. Same values to float rounding (~1e-6)."""
+
+    SHORT_SEQUENCE = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (enabled() and x.ndim == 3 and x.shape[-1] <= self.SHORT_SEQUENCE and x.dtype == torch.float32 and x.device.type == "cpu"
+                and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and self.affine):
+            b, c, t = x.shape
+            h = F.layer_norm(x.reshape(b, self.num_groups, -1), ((c // self.num_groups) * t,), eps=self.eps).view(b, c, t)
+            return _ChannelAffineFunction.apply(h, self.weight, self.bias)
+        return super().forward(x)
+
+
+class _ChannelAffineFunction(torch.autograd.Function):
+    """``h * weight[:, None] + bias[:, None]`` on (B, C, T), its parameter gradients reduced over
+    the batch first and then over time: 6x faster than autograd's one reduction over (0, 2) for
+    these short rows."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, weight)
+        return torch.addcmul(bias[:, None], h, weight[:, None])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, weight = ctx.saved_tensors
+        return grad * weight[:, None], (grad * h).sum(0).sum(1), grad.sum(0).sum(1)

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from dp_gym.policies.diffusion.train_kernels import Conv1d, Mish
+from dp_gym.policies.diffusion.train_kernels import Conv1d, GroupNorm, Mish
 
 
 class SinusoidalPosEmb(nn.Module):
@@ -33,7 +33,7 @@ class Conv1dBlock(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int) -> None:
         super().__init__(
             Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
-            nn.GroupNorm(n_groups, out_ch),
+            GroupNorm(n_groups, out_ch),
             Mish(),
         )
 
