@@ -39,9 +39,7 @@ def main() -> None:
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     print(f"forward + backward, batch {args.batch}, median ms, calls interleaved (ratio: PyTorch's time / dp_gym's)")
-    print("Conv1d, kernel 5, bfloat16 autocast:")
-    total = {"pytorch": 0.0, "dp_gym": 0.0}
-    for cin, cout, t, uses in LAYERS:
+    def bf16_weight_grad(cin: int, cout: int, t: int):
         ours = Conv1d(cin, cout, 5, padding=2)
         ours.SHORT_SEQUENCE = t  # time the form at every length
         ref = nn.Conv1d(cin, cout, 5, padding=2)
@@ -54,37 +52,31 @@ def main() -> None:
                     y = conv(x)
                 y.backward(grad)
             return call
+        return run(ref), run(ours)
 
-        ms = interleaved_ms({"pytorch": run(ref), "dp_gym": run(ours)}, cpu, args.repeats, 3)
-        used = t <= Conv1d.SHORT_SEQUENCE
-        for k in total:
-            total[k] += uses * ms[k if used else "pytorch"]
-        print(f"  {cin:4d} -> {cout:4d} ch, T={t:2d}: pytorch {ms['pytorch']:6.3f}  weight-grad-as-conv {ms['dp_gym']:6.3f} "
-              f"({ms['pytorch'] / ms['dp_gym']:.2f}x; {'used' if used else 'not used'}, {uses} per step)")
-    print(f"  per training step, the {sum(u for *_, u in LAYERS)} kernel-5 convolutions: pytorch {total['pytorch']:.1f} ms, "
-          f"dp_gym {total['dp_gym']:.1f} ms ({total['pytorch'] / total['dp_gym']:.2f}x)")
-    print("Conv1d, kernel 5, float32: Winograd (whole axis at T=4, F(4, 5) tiles at T=8, 16):")
-    total = {"pytorch": 0.0, "dp_gym": 0.0}
-    for cin, cout, t, uses in LAYERS:
+    def fp32_winograd(cin: int, cout: int, t: int):
         ref = nn.Conv1d(cin, cout, 5, padding=2)
         mats = [m.float().contiguous() for m in (winograd_whole(5, t) if t <= 4 else winograd_tiling(4, 5, t))]
         x = torch.randn(args.batch, cin, t, requires_grad=True)
         grad = torch.randn(args.batch, cout, t)
+        return (lambda: ref(x).backward(grad),
+                lambda: _WholeAxisConv1dFunction.apply(x, ref.weight, ref.bias, *mats).backward(grad))
 
-        def pytorch_conv() -> None:
-            ref(x).backward(grad)
-
-        def winograd_conv() -> None:
-            _WholeAxisConv1dFunction.apply(x, ref.weight, ref.bias, *mats).backward(grad)
-
-        ms = interleaved_ms({"pytorch": pytorch_conv, "dp_gym": winograd_conv}, cpu, args.repeats, 3)
-        used = t <= Conv1d.SHORT_SEQUENCE
-        for k in total:
-            total[k] += uses * ms[k if used else "pytorch"]
-        print(f"  {cin:4d} -> {cout:4d} ch, T={t:2d}: pytorch {ms['pytorch']:6.3f}  winograd {ms['dp_gym']:6.3f} "
-              f"({ms['pytorch'] / ms['dp_gym']:.2f}x; {'used' if used else 'not used'}, {uses} per step)")
-    print(f"  per training step, the {sum(u for *_, u in LAYERS)} kernel-5 convolutions: pytorch {total['pytorch']:.1f} ms, "
-          f"dp_gym {total['dp_gym']:.1f} ms ({total['pytorch'] / total['dp_gym']:.2f}x)")
+    for title, name, make in (("Conv1d, kernel 5, bfloat16 autocast:", "weight-grad-as-conv", bf16_weight_grad),
+                              ("Conv1d, kernel 5, float32: Winograd (whole axis at T=4, F(4, 5) tiles at T=8, 16):", "winograd",
+                               fp32_winograd)):
+        print(title)
+        total = {"pytorch": 0.0, "dp_gym": 0.0}
+        for cin, cout, t, uses in LAYERS:
+            pytorch_call, dp_gym_call = make(cin, cout, t)
+            ms = interleaved_ms({"pytorch": pytorch_call, "dp_gym": dp_gym_call}, cpu, args.repeats, 3)
+            used = t <= Conv1d.SHORT_SEQUENCE
+            for k in total:
+                total[k] += uses * ms[k if used else "pytorch"]
+            print(f"  {cin:4d} -> {cout:4d} ch, T={t:2d}: pytorch {ms['pytorch']:6.3f}  {name} {ms['dp_gym']:6.3f} "
+                  f"({ms['pytorch'] / ms['dp_gym']:.2f}x; {'used' if used else 'not used'}, {uses} per step)")
+        print(f"  per training step, the {sum(u for *_, u in LAYERS)} kernel-5 convolutions: pytorch {total['pytorch']:.1f} ms, "
+              f"dp_gym {total['dp_gym']:.1f} ms ({total['pytorch'] / total['dp_gym']:.2f}x)")
     print("GroupNorm(8), float32:")
     for c, t in ((64, 16), (128, 8), (128, 4), (256, 4)):
         ours, ref = GroupNorm(8, c), nn.GroupNorm(8, c)
