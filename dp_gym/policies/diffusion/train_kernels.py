@@ -115,8 +115,9 @@ class Conv1d(nn.Conv1d):
     computes its weight gradient as a forward convolution (:class:`_Bf16Conv1dFunction`). Every
     other case is ``nn.Conv1d``'s own path."""
 
-    # Longer sequences measured no faster that way (0.86-1.0x at 8 and 16 steps; 1.1-1.3x at 4);
-    # in float32 oneDNN's weight gradient is not slow, and the form measured 0.94-0.98x.
+    # Both forms stop at 4 steps. The bf16 weight gradient as a forward convolution measured no
+    # faster at 8 and 16 (0.86-1.0x; 1.1-1.3x at 4). Winograd over a longer axis needs tiles:
+    # F(4, 5) tiles at 8 and 16 steps left the whole training step as fast as before.
     SHORT_SEQUENCE = 4
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, padding: int = 0) -> None:
