@@ -27,7 +27,8 @@ from dp_gym.policies.diffusion.winograd import winograd_tiling, winograd_whole
 
 # (in channels, out channels, time steps, uses per training step) of the small UNet's kernel-5
 # convolutions at horizon 16 (levels of 64 / 128 / 256 channels at 16 / 8 / 4 steps)
-LAYERS = [(64, 64, 16, 4), (64, 128, 8, 1), (128, 128, 8, 3), (256, 64, 8, 1), (128, 256, 4, 1), (256, 256, 4, 7), (512, 128, 4, 1)]
+LAYERS = [(2, 64, 16, 1), (64, 64, 16, 4), (64, 128, 8, 1), (128, 128, 8, 3), (256, 64, 8, 1), (64, 64, 8, 3),
+          (128, 256, 4, 1), (256, 256, 4, 7), (512, 128, 4, 1), (128, 128, 4, 3)]
 
 
 def main() -> None:
