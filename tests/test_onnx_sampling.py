@@ -245,6 +245,20 @@ def test_export_form_computes_the_same_function(kernel_size, down_dims, horizon)
         assert n_winograd == (n_blocks if winograd else 0) and n_blocks > 0
 
 
+def test_winograd_form_starts_earlier_for_a_large_unet(monkeypatch):
+    """From WINOGRAD_MIN_BATCH samples; from WINOGRAD_MIN_BATCH_LARGE for a UNet whose weights
+    exceed ONNX_DYNAMIC_BATCH_BYTES (the paper UNet, whose trunk gains from 3 samples)."""
+    p = make_policy(**CASES["unet"])
+    acc = SamplingAccelerator(p, "openvino", sampler="ddim", num_inference_steps=10)
+    small = [b for b in range(1, 8) if acc.winograd_for(b)]
+    assert small[0] == accel.WINOGRAD_MIN_BATCH and small == list(range(accel.WINOGRAD_MIN_BATCH, 8))
+    monkeypatch.setattr(accel, "ONNX_DYNAMIC_BATCH_BYTES", 1)
+    assert [b for b in range(1, 8) if acc.winograd_for(b)] == list(range(accel.WINOGRAD_MIN_BATCH_LARGE, 8))
+    assert accel.WINOGRAD_MIN_BATCH_LARGE < accel.WINOGRAD_MIN_BATCH
+    onnx = SamplingAccelerator(p, "onnx", sampler="ddim", num_inference_steps=10)
+    assert not any(onnx.winograd_for(b) for b in range(1, 12))  # ONNX Runtime keeps the plain form
+
+
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 6, 8, 16])
 def test_winograd_conv_matches_torch_convolution(kernel_size, length):

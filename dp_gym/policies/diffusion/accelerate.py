@@ -9,7 +9,8 @@ only the denoiser's trunk per step. Modes:
   trunk runs in OpenVINO's CPU plugin or in ONNX Runtime, from the same exported ONNX model. The
   UNet is exported time-major (:class:`_TimeMajorUnet`: activations (B, T, C) throughout, each
   convolution a constant 0/1 gather plus one GEMM, GroupNorm a fused LayerNorm; from
-  ``WINOGRAD_MIN_BATCH`` samples on, OpenVINO runs the 'same' convolutions by Winograd's minimal
+  ``WINOGRAD_MIN_BATCH`` samples on (``WINOGRAD_MIN_BATCH_LARGE`` for the paper-size UNet),
+  OpenVINO runs the 'same' convolutions by Winograd's minimal
   filtering F(4, k), :class:`_WinogradConv`, 2.5x fewer multiplies for 5 taps, 2.9x at the
   deepest level's 4 positions), where PyTorch
   runs these small 1-D convolutions through its im2col fallback one sample at a time and a plain
@@ -86,9 +87,11 @@ ONNX_SESSIONS_BYTES = 1 << 30
 ONNX_DYNAMIC_BATCH_BYTES = 100 << 20
 # From this batch size on, OpenVINO runs the UNet trunk with its 'same' convolutions in Winograd
 # form (:class:`_WinogradConv`). Per trunk pass, one thread, against the plain GEMM form (small /
-# paper UNet; benchmarks/trunk_winograd.py): 0.47x / 0.52x at batch 1, 0.94x / 1.24x at 4,
-# 1.08x / 1.37x at 5, 1.27x / 1.65x at 10.
+# paper UNet; benchmarks/trunk_winograd.py): 0.50x / 0.52x at batch 1, 0.89x / 1.12x at 3,
+# 1.04x / 1.36x at 4, 1.15x / 1.56x at 5, 1.37x / 1.80x at 10. A UNet whose weights exceed
+# ONNX_DYNAMIC_BATCH_BYTES (the paper UNet) gains from 3 samples.
 WINOGRAD_MIN_BATCH = 5
+WINOGRAD_MIN_BATCH_LARGE = 3
 
 
 def runtime_autocasts(mode: str) -> tuple[str, ...]:
@@ -659,13 +662,17 @@ class SamplingAccelerator:
             return policy.encode_obs(obs)
 
     def winograd_for(self, batch: int) -> bool:
-        """Whether a UNet's trunk runs in its Winograd form at this batch size: in OpenVINO in
-        float32 only (ONNX Runtime runs that form 0.7x slower than the plain one at batch 10;
+        """Whether a UNet's trunk runs in its Winograd form at this batch size (from
+        ``WINOGRAD_MIN_BATCH`` samples, ``WINOGRAD_MIN_BATCH_LARGE`` for a UNet over
+        ``ONNX_DYNAMIC_BATCH_BYTES``): in OpenVINO in float32 only (ONNX Runtime runs that form 0.7x slower than the plain one at batch 10;
         bfloat16 keeps the plain form its measurements were made with)."""
         from dp_gym.policies.diffusion.unet import ConditionalUnet1D
 
-        return (batch >= WINOGRAD_MIN_BATCH and self.active_mode == "openvino" and self.runtime_precision == "f32"
-                and isinstance(self.loop.denoiser, ConditionalUnet1D))
+        denoiser = self.loop.denoiser
+        if not (self.active_mode == "openvino" and self.runtime_precision == "f32" and isinstance(denoiser, ConditionalUnet1D)):
+            return False
+        large = sum(p.numel() * p.element_size() for p in denoiser.parameters()) > ONNX_DYNAMIC_BATCH_BYTES
+        return batch >= (WINOGRAD_MIN_BATCH_LARGE if large else WINOGRAD_MIN_BATCH)
 
     def matches(self, sampler: str, num_inference_steps: int) -> bool:
         return sampler == self.sampler and num_inference_steps == self.num_inference_steps
