@@ -50,6 +50,7 @@ fails, so the same code runs everywhere. ``$DP_GYM_ACCELERATE`` overrides the ag
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import io
@@ -63,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.policies.diffusion.winograd import winograd_tiling, winograd_whole
+from dp_gym.policies.diffusion.winograd import whole_axis_pays, winograd_tiling, winograd_whole
 
 MODES = ("eager", "compile", "cuda_graph", "onnx", "openvino")
 # The modes that run exported ONNX models, and the runtime each uses.
@@ -265,7 +266,7 @@ class _WinogradConv(nn.Module):
             raise ValueError(f"only stride-1, 3- or 5-tap, 'same'-padded plain Conv1d layers have a Winograd form, got {conv}")
         k, m = conv.kernel_size[0], self.tile
         self.tiles = -(-t // m)
-        if t <= self.whole_axis_max and 2 * t - 1 < m + k - 1:
+        if whole_axis_pays(k, t, m, self.whole_axis_max):
             transform_in, transform_out, g = winograd_whole(k, t)
             self.n = 2 * t - 1
         else:
@@ -668,11 +669,14 @@ class SamplingAccelerator:
         bfloat16 keeps the plain form its measurements were made with)."""
         from dp_gym.policies.diffusion.unet import ConditionalUnet1D
 
-        denoiser = self.loop.denoiser
-        if not (self.active_mode == "openvino" and self.runtime_precision == "f32" and isinstance(denoiser, ConditionalUnet1D)):
+        if not (self.active_mode == "openvino" and self.runtime_precision == "f32" and isinstance(self.loop.denoiser, ConditionalUnet1D)):
             return False
-        large = sum(p.numel() * p.element_size() for p in denoiser.parameters()) > ONNX_DYNAMIC_BATCH_BYTES
-        return batch >= (WINOGRAD_MIN_BATCH_LARGE if large else WINOGRAD_MIN_BATCH)
+        return batch >= (WINOGRAD_MIN_BATCH_LARGE if self._denoiser_bytes > ONNX_DYNAMIC_BATCH_BYTES else WINOGRAD_MIN_BATCH)
+
+    @functools.cached_property
+    def _denoiser_bytes(self) -> int:
+        """The denoiser's parameter bytes (it is fixed for the accelerator's life; summed once, not per chunk)."""
+        return sum(p.numel() * p.element_size() for p in self.loop.denoiser.parameters())
 
     def matches(self, sampler: str, num_inference_steps: int) -> bool:
         return sampler == self.sampler and num_inference_steps == self.num_inference_steps

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dp_gym.policies.diffusion.winograd import winograd_whole
+from dp_gym.policies.diffusion.winograd import whole_axis_pays, winograd_whole
 from dp_gym.policies.kernels import enabled, pytorch_kernels
 
 __all__ = ["Conv1d", "GroupNorm", "Mish", "pytorch_kernels"]
@@ -135,7 +135,7 @@ class Conv1d(nn.Conv1d):
         if not (enabled() and self._same_padded and x.device.type == "cpu" and torch.is_grad_enabled()):
             return super().forward(x)
         if not torch.is_autocast_enabled("cpu"):
-            if x.dtype == torch.float32 and x.ndim == 3 and t <= self.SHORT_SEQUENCE and 2 * t - 1 < self.kernel_size[0] + 3:
+            if x.dtype == torch.float32 and x.ndim == 3 and t <= self.SHORT_SEQUENCE and whole_axis_pays(self.kernel_size[0], t):
                 return _WholeAxisConv1dFunction.apply(x, self.weight, self.bias, *self._whole_axis_transforms(t))
             return super().forward(x)
         if t <= self.SHORT_SEQUENCE and torch.get_autocast_dtype("cpu") == torch.bfloat16:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["toom_cook", "winograd_tiling", "winograd_whole"]
+__all__ = ["toom_cook", "whole_axis_pays", "winograd_tiling", "winograd_whole"]
 
 
 def toom_cook(m: int, r: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,3 +66,11 @@ def winograd_whole(k: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         if 0 <= (j := q + pad - t + 1) < k:
             taps[q, j] = 1.0
     return g, a_t.flip(0), b_t @ taps
+
+
+def whole_axis_pays(k: int, t: int, tile: int = 4, max_t: int = 4) -> bool:
+    """Whether a k-tap 'same' convolution over a length-``t`` axis takes fewer multiplies as one
+    swapped tile (:func:`winograd_whole`, 2t - 1) than as F(``tile``, k) tiles (tile + k - 1 per
+    tile), for axes of at most ``max_t`` positions (2 * 4 - 1 = 7 points keep the float32 error
+    near 1e-6): at the UNet's deepest level, t = 4 and k = 5, 7 against 8."""
+    return t <= max_t and 2 * t - 1 < tile + k - 1
